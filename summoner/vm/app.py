@@ -1,0 +1,166 @@
+"""One entry point for the server: ``build(config, reactor, invalidate_cache)``.
+
+The server calls, in order::
+
+    ondemand = build(config, reactor, responder.invalidate)
+    zones, hosts = ondemand.split(zones)      # before handing zones to the static stage
+    ondemand.update_hosts(hosts)
+    chain = Chain([static_stage, ondemand.stage, arrowhead, ...])
+    yield ondemand.start()                    # connect to libvirt, adopt running VMs
+    ondemand.listen_admin()                   # or mount ondemand.admin_resource() itself
+    ...
+    on zone reload:  zones, hosts = ondemand.split(zones); ondemand.update_hosts(hosts)
+    on shutdown:     yield ondemand.stop()    # VMs keep running; the next start adopts them
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web import server
+
+from summoner import admin
+from summoner.vm.config import OnDemandConfig
+from summoner.vm.hosts import OnDemandHost, split_on_demand
+from summoner.vm.libvirt_backend import LibvirtBackend
+from summoner.vm.reaper import Reaper
+from summoner.vm.service import Fleet, State
+from summoner.vm.stage import OnDemandStage
+
+log = Logger(namespace="summoner.vm")
+
+
+def discover(images_dir: Any) -> dict[str, Any]:
+    from summoner.images import discover_images  # the images branch's module
+    return discover_images(images_dir)
+
+
+class OnDemand:
+    def __init__(self, config: OnDemandConfig, reactor: Any, invalidate_cache: Callable[[], None],
+                 backend: LibvirtBackend | None = None,
+                 images: dict[str, Any] | None = None) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.backend = backend or LibvirtBackend(config.libvirt_uri, reactor)
+        self.fleet = Fleet(config, reactor, self.backend, invalidate_cache)
+        self.backend.on_event = self.fleet.on_event
+        self.backend.on_connected = self._connected
+        self.stage = OnDemandStage(self.fleet)
+        self.reaper = Reaper(self.fleet, reactor, config.reap_interval)
+        self.images: dict[str, Any] = images if images is not None else {}
+        self._fixed_images = images is not None
+        self._started = False
+        self._admin_port: Any = None
+
+    # -- zones -------------------------------------------------------------------
+
+    def load_images(self) -> dict[str, Any]:
+        if not self._fixed_images:
+            self.images = discover(self.config.images)
+        return self.images
+
+    def split(self, zones: Iterable[Any]) -> tuple[list[Any], list[OnDemandHost]]:
+        """``split_on_demand`` with this server's images and network mode
+        (images are re-read, so a zone reload also picks up rebuilt images)."""
+        return split_on_demand(zones, self.load_images(), self.config.network)
+
+    def update_hosts(self, hosts: list[OnDemandHost]) -> None:
+        self.fleet.set_hosts(hosts, self.images)
+        self.stage.refresh()
+        if self._started and self.backend.connected:
+            self.fleet.reconcile()
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> defer.Deferred:
+        return defer.Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        connected = await self.backend.start()
+        if connected:
+            await self._resolve_virt_type()
+            await self.fleet.reconcile()
+        self._started = True
+        self.reaper.start()
+
+    async def _resolve_virt_type(self) -> None:
+        if self.config.virt_type != "auto":
+            self.fleet.virt_type = self.config.virt_type
+            return
+        ok, why = await self.backend.kvm_usable()
+        if ok:
+            self.fleet.virt_type = "kvm"
+            self.fleet.kvm_unproven = True
+            log.info("virt type auto: trying KVM; falls back to TCG if the first boot shows KVM failing")
+        else:
+            self.fleet.virt_type = "qemu"
+            self.fleet.kvm_unproven = False
+            log.warn("virt type auto: KVM unavailable ({why}); using TCG (qemu)", why=why)
+
+    def _connected(self) -> None:
+        if self._started:
+            self.fleet.reconcile()
+
+    def stop(self) -> defer.Deferred:
+        """Stop watching; leave VMs running for the next start to adopt."""
+        self.reaper.stop()
+        for svc in self.fleet.services.values():
+            if svc.probe is not None:
+                svc.probe.cancel("summoner stopping")
+            self.fleet._finish(svc, False, "summoner stopping")
+        ds = [self.backend.stop()]
+        if self._admin_port is not None:
+            ds.append(defer.maybeDeferred(self._admin_port.stopListening))
+            self._admin_port = None
+        return defer.DeferredList(ds)
+
+    # -- operator actions (admin endpoint) ----------------------------------------
+
+    def status(self) -> list[dict[str, Any]]:
+        return self.fleet.status()
+
+    def find(self, name: str) -> str | None:
+        key = name.rstrip(".").lower()
+        if key in self.fleet.services:
+            return key
+        matches = [n for n in self.fleet.services if n.split(".", 1)[0] == key]
+        return matches[0] if len(matches) == 1 else None
+
+    def summon(self, name: str) -> defer.Deferred:
+        svc = self.fleet.services[name]
+        result = self.fleet.ensure_ready(svc)
+        if isinstance(result, bool):
+            svc.touch()
+            return defer.succeed(self._result(name, result))
+        return result.addCallback(lambda ok: self._result(name, ok))
+
+    def stop_service(self, name: str, mode: str | None = None) -> defer.Deferred:
+        svc = self.fleet.services[name]
+        if svc.state not in (State.READY, State.SUSPENDED):
+            return defer.succeed(self._result(name, False, f"not running ({svc.state.value})"))
+        return self.fleet.stop_service(svc, "admin", mode).addCallback(lambda ok: self._result(name, ok))
+
+    def _result(self, name: str, ok: bool, error: str | None = None) -> dict[str, Any]:
+        svc = self.fleet.services.get(name)
+        row = next((r for r in self.fleet.status() if r["name"] == name), {})
+        return {"ok": ok, "name": name, "state": row.get("state"),
+                "error": error or (svc.last_error if svc and not ok else None), "service": row}
+
+    def admin_resource(self) -> Any:
+        return admin.admin_resource(self)
+
+    def listen_admin(self) -> Any:
+        """Listen on ``config.admin`` (loopback by default); None if disabled."""
+        if self.config.admin is None:
+            return None
+        host, port = self.config.admin
+        self._admin_port = self.reactor.listenTCP(port, server.Site(self.admin_resource()), interface=host)
+        log.info("admin endpoint on http://{host}:{port}/services", host=host, port=port)
+        return self._admin_port
+
+
+def build(config: OnDemandConfig, reactor: Any, invalidate_cache: Callable[[], None]) -> OnDemand:
+    return OnDemand(config, reactor, invalidate_cache)

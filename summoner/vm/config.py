@@ -1,0 +1,132 @@
+"""Settings of the on-demand part and the CLI flags that set them."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+VIRT_TYPES = ("auto", "kvm", "qemu")
+NETWORK_MODES = ("user", "bridge")
+STOP_MODES = ("destroy", "shutdown", "suspend")
+
+
+@dataclass(frozen=True)
+class OnDemandConfig:
+    images: Path = Path("images")
+    libvirt_uri: str = "qemu:///system"
+    virt_type: str = "auto"
+    network: str = "user"
+    bridge: str = "br0"
+    # Bridge mode hands the guest its zone address on the kernel command
+    # line; the gateway and netmask of that segment come from here.
+    bridge_gateway: str = ""
+    bridge_netmask: str = "255.255.255.0"
+    machine: str = "pc"
+    max_vms: int = 16
+    memory_budget_mib: int = 4096
+    max_concurrent_boots: int = 2
+    answer_ttl: int = 10
+    admin: tuple[str, int] | None = ("127.0.0.1", 9154)
+    reap_interval: float = 1.0
+    # A VM may be reaped to make room only after this much idleness, so that a
+    # burst of queries for N+1 services does not make them evict each other.
+    evict_min_idle: float = 5.0
+    retry_backoff: float = 5.0
+    retry_backoff_max: float = 300.0
+    # Overrides of image defaults for every service (None: the image decides).
+    boot_timeout: float | None = None
+    idle_timeout: float | None = None
+    stop_mode: str | None = None
+    domain_prefix: str = "summoner-"
+
+
+def parse_admin(text: str) -> tuple[str, int] | None:
+    """``ADDR:PORT`` (IPv6 as ``[::1]:PORT``), or ``off``."""
+    if text.lower() in ("off", "none", ""):
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected ADDR:PORT, got {text!r}")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad admin address {host!r}") from exc
+    return host, int(port)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    d = OnDemandConfig()
+    g = parser.add_argument_group("on-demand VMs")
+    g.add_argument("--images", type=Path, default=d.images, metavar="DIR",
+                   help="directory of image folders (NAME/image.toml) (default: %(default)s)")
+    g.add_argument("--libvirt-uri", default=d.libvirt_uri, help="libvirt connection URI (default: %(default)s)")
+    g.add_argument("--virt-type", choices=VIRT_TYPES, default=d.virt_type,
+                   help="kvm, qemu (TCG) or auto: KVM if it works, else TCG (default: %(default)s)")
+    g.add_argument("--network", choices=NETWORK_MODES, default=d.network,
+                   help="user: QEMU user networking on the zone's 127.x address; bridge: tap on --bridge "
+                        "(default: %(default)s)")
+    g.add_argument("--bridge", default=d.bridge, help="bridge for --network bridge (default: %(default)s)")
+    g.add_argument("--bridge-gateway", default=d.bridge_gateway, metavar="ADDR",
+                   help="gateway given to guests in bridge mode")
+    g.add_argument("--bridge-netmask", default=d.bridge_netmask, metavar="MASK",
+                   help="netmask given to guests in bridge mode (default: %(default)s)")
+    g.add_argument("--machine", default=d.machine, help="QEMU machine type (default: %(default)s)")
+    g.add_argument("--max-vms", type=_positive_int, default=d.max_vms,
+                   help="most VMs running or suspended at once (default: %(default)s)")
+    g.add_argument("--memory-budget-mib", type=_positive_int, default=d.memory_budget_mib,
+                   help="total guest memory allowed (default: %(default)s)")
+    g.add_argument("--max-concurrent-boots", type=_positive_int, default=d.max_concurrent_boots,
+                   help="boots in progress at once; more wait their turn (default: %(default)s)")
+    g.add_argument("--answer-ttl", type=int, default=d.answer_ttl,
+                   help="TTL of on-demand A/AAAA answers unless the zone says ttl= (default: %(default)s)")
+    g.add_argument("--admin", type=parse_admin, default=d.admin, metavar="ADDR:PORT",
+                   help="admin endpoint, loopback by default, 'off' to disable (default: 127.0.0.1:9154)")
+    g.add_argument("--reap-interval", type=float, default=d.reap_interval,
+                   help="seconds between idle checks (default: %(default)s)")
+    g.add_argument("--evict-min-idle", type=float, default=d.evict_min_idle,
+                   help="idle seconds before a VM may be reaped to make room (default: %(default)s)")
+    g.add_argument("--retry-backoff", type=float, default=d.retry_backoff,
+                   help="seconds before retrying a failed boot, doubling per failure (default: %(default)s)")
+    g.add_argument("--retry-backoff-max", type=float, default=d.retry_backoff_max,
+                   help="cap of the retry back-off (default: %(default)s)")
+    g.add_argument("--boot-timeout", type=float, default=None,
+                   help="override every image's boot deadline (seconds)")
+    g.add_argument("--idle-timeout", type=float, default=None,
+                   help="override every image's idle timeout (seconds)")
+    g.add_argument("--stop-mode", choices=STOP_MODES, default=None,
+                   help="override every image's stop mode")
+
+
+def config_from_args(args: argparse.Namespace) -> OnDemandConfig:
+    return OnDemandConfig(
+        images=args.images,
+        libvirt_uri=args.libvirt_uri,
+        virt_type=args.virt_type,
+        network=args.network,
+        bridge=args.bridge,
+        bridge_gateway=args.bridge_gateway,
+        bridge_netmask=args.bridge_netmask,
+        machine=args.machine,
+        max_vms=args.max_vms,
+        memory_budget_mib=args.memory_budget_mib,
+        max_concurrent_boots=args.max_concurrent_boots,
+        answer_ttl=args.answer_ttl,
+        admin=args.admin,
+        reap_interval=args.reap_interval,
+        evict_min_idle=args.evict_min_idle,
+        retry_backoff=args.retry_backoff,
+        retry_backoff_max=args.retry_backoff_max,
+        boot_timeout=args.boot_timeout,
+        idle_timeout=args.idle_timeout,
+        stop_mode=args.stop_mode,
+    )

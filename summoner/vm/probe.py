@@ -1,0 +1,166 @@
+"""HTTP readiness probe.
+
+A minimal ``GET path HTTP/1.0`` over a raw TCP connection: the status line is
+all we need, and it is much cheaper than an HTTP client stack while a boot is
+competing for the same two cores.  Attempts repeat every ``interval`` (timer
+driven, never a busy loop) until one returns the expected status or the
+overall deadline passes; the last error is kept for the failure log line.
+
+In QEMU user networking the host side of the port forward accepts a
+connection before the guest is listening and then drops it, so "connection
+closed before a status line" is the usual not-yet-ready error there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, protocol
+from twisted.python.failure import Failure
+
+from summoner.vm import metrics
+
+
+class ProbeError(Exception):
+    pass
+
+
+class ProbeTimeoutError(ProbeError):
+    """The deadline passed; ``last_error`` says what the last attempt saw."""
+
+    def __init__(self, message: str, attempts: int, last_error: str | None) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.last_error = last_error
+
+
+class ProbeCancelledError(ProbeError):
+    pass
+
+
+class _StatusLine(protocol.Protocol):
+    def __init__(self, request: bytes, done: defer.Deferred) -> None:
+        self.request = request
+        self.done = done
+        self.buffer = b""
+
+    def connectionMade(self) -> None:  # noqa: N802 (Twisted's name)
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.buffer += data
+        if b"\n" not in self.buffer and len(self.buffer) < 1024:
+            return
+        line = self.buffer.split(b"\n", 1)[0].strip()
+        parts = line.split()
+        self.transport.abortConnection()
+        if self.done.called:
+            return
+        if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
+            self.done.callback(int(parts[1]))
+        else:
+            self.done.errback(ProbeError(f"not an HTTP status line: {line[:80]!r}"))
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:  # noqa: N802
+        if not self.done.called:
+            self.done.errback(ProbeError("connection closed before a status line"))
+
+
+class _Factory(protocol.ClientFactory):
+    def __init__(self, request: bytes, done: defer.Deferred) -> None:
+        self.request = request
+        self.done = done
+
+    def buildProtocol(self, addr: Any) -> protocol.Protocol:  # noqa: N802
+        return _StatusLine(self.request, self.done)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:  # noqa: N802
+        if not self.done.called:
+            self.done.errback(ProbeError(f"connect failed: {reason.getErrorMessage()}"))
+
+
+def probe_once(reactor: Any, address: str, port: int, path: str, timeout: float) -> defer.Deferred:
+    """One attempt; fires with the HTTP status code or fails with ProbeError."""
+    done: defer.Deferred = defer.Deferred()
+    request = f"GET {path} HTTP/1.0\r\nHost: {address}\r\nUser-Agent: summoner-probe\r\n\r\n".encode()
+    connector = reactor.connectTCP(address, port, _Factory(request, done), timeout=timeout)
+
+    def expire() -> None:
+        if not done.called:
+            done.errback(ProbeError(f"no status line within {timeout * 1000:.0f} ms"))
+        connector.disconnect()
+
+    timer = reactor.callLater(timeout, expire)
+
+    def finish(result: Any) -> Any:
+        if timer.active():
+            timer.cancel()
+        return result
+    return done.addBoth(finish)
+
+
+class Probe:
+    """Repeated attempts until success, deadline or cancel()."""
+
+    def __init__(self, reactor: Any, address: str, port: int, path: str = "/", *,
+                 expect_status: int = 200, interval: float = 0.02, request_timeout: float = 0.5,
+                 deadline: float) -> None:
+        self.reactor = reactor
+        self.address = address
+        self.port = port
+        self.path = path
+        self.expect_status = expect_status
+        self.interval = interval
+        self.request_timeout = request_timeout
+        self.deadline = deadline  # absolute, in reactor.seconds()
+        self.attempts = 0
+        self.last_error: str | None = None
+        self._done: defer.Deferred = defer.Deferred()
+        self._timer: Any = None
+
+    def run(self) -> defer.Deferred:
+        """Fires with the number of attempts on success; fails with
+        ProbeTimeoutError past the deadline or ProbeCancelledError."""
+        self._attempt()
+        return self._done
+
+    def cancel(self, reason: str) -> None:
+        if self._done.called:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._done.errback(ProbeCancelledError(reason))
+
+    def _attempt(self) -> None:
+        self._timer = None
+        if self._done.called:
+            return
+        remaining = self.deadline - self.reactor.seconds()
+        if remaining <= 0:
+            self._done.errback(ProbeTimeoutError(
+                f"probe of http://{self.address}:{self.port}{self.path} did not succeed in time "
+                f"({self.attempts} attempts)", self.attempts, self.last_error))
+            return
+        self.attempts += 1
+        d = probe_once(self.reactor, self.address, self.port, self.path, min(self.request_timeout, remaining))
+        d.addCallbacks(self._answered, self._failed)
+
+    def _answered(self, status: int) -> None:
+        if status == self.expect_status:
+            metrics.PROBE_ATTEMPTS.labels("ok").inc()
+            if not self._done.called:
+                self._done.callback(self.attempts)
+            return
+        self.last_error = f"HTTP {status}, expected {self.expect_status}"
+        self._again()
+
+    def _failed(self, failure: Failure) -> None:
+        self.last_error = failure.getErrorMessage()
+        self._again()
+
+    def _again(self) -> None:
+        metrics.PROBE_ATTEMPTS.labels("fail").inc()
+        if self._done.called:
+            return
+        remaining = self.deadline - self.reactor.seconds()
+        self._timer = self.reactor.callLater(max(0.0, min(self.interval, remaining)), self._attempt)

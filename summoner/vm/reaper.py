@@ -1,0 +1,82 @@
+"""Idle reaping.
+
+A ready VM is idle when it has had no DNS query (``Service.touch`` via the
+answer's ``on_hit``) *and* no guest network traffic for its idle timeout.
+Traffic matters because clients keep using a cached address long after their
+last query (Jitsu counted DNS only, and reaped VMs that were in use).  Traffic
+is read from libvirt interface counters (bridge mode) or QEMU's user-mode
+connection table (user mode), in one batched call on the libvirt worker
+thread per tick.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from summoner.vm.libvirt_backend import BackendError
+from summoner.vm.service import Fleet, State
+
+log = Logger(namespace="summoner.vm.reaper")
+
+
+class Reaper:
+    def __init__(self, fleet: Fleet, reactor: Any, interval: float = 1.0) -> None:
+        self.fleet = fleet
+        self.reactor = reactor
+        self.interval = interval
+        self._loop = task.LoopingCall(self.tick)
+        self._loop.clock = reactor
+        self._busy = False
+
+    def start(self) -> None:
+        if not self._loop.running:
+            self._loop.start(self.interval, now=False).addErrback(
+                lambda f: log.failure("reaper loop died", f))
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def tick(self) -> defer.Deferred | None:
+        if self._busy or not self.fleet.backend.connected:
+            return None  # a slow tick must not pile up behind itself
+        ready = [s for s in self.fleet.services.values() if s.state is State.READY]
+        if not ready:
+            return None
+        self._busy = True
+        d = defer.Deferred.fromCoroutine(self._tick(ready))
+
+        def done(result: Any) -> Any:
+            self._busy = False
+            return result
+        return d.addBoth(done)
+
+    async def _tick(self, ready: list) -> list[str]:
+        mode = self.fleet.config.network
+        try:
+            tokens = await self.fleet.backend.traffic({s.spec.domain_name: mode for s in ready})
+        except BackendError as exc:
+            log.debug("traffic counters unavailable: {err}", err=exc)
+            tokens = {}
+        now = self.reactor.seconds()
+        reaped = []
+        for svc in ready:
+            if svc.state is not State.READY:
+                continue  # changed while we were reading counters
+            token = tokens.get(svc.spec.domain_name)
+            if token is not None:
+                # User mode: an open connection to the guest is use in itself,
+                # even if nothing moved since the last tick.
+                open_conns = mode == "user" and bool(token)
+                if token != svc.traffic_token or open_conns:
+                    if svc.traffic_token is not None or open_conns:
+                        svc.last_activity = now
+                    svc.traffic_token = token
+            idle = now - svc.last_used()
+            if idle >= svc.spec.idle_timeout:
+                reaped.append(svc.name)
+                self.fleet.stop_service(svc, "idle")
+        return reaped

@@ -1,0 +1,76 @@
+"""The on-demand stage of the resolution chain.
+
+For an on-demand host: A/AAAA → summon (warm: synchronous, cacheable answer;
+cold: a Deferred firing when the probe succeeds, SERVFAIL on failure); other
+types → NODATA with the zone's SOA (records of other types that the zone kept
+are answered by the static stage before us).  Other names → None.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dnslib import QTYPE, RR
+from twisted.internet import defer
+
+from summoner.resolution import Answer, Query, servfail
+from summoner.vm.service import Fleet, Service
+
+ADDRESS_TYPES = (QTYPE.A, QTYPE.AAAA)
+
+
+def _with_ttl(rr: RR, ttl: int) -> RR:
+    return RR(rr.rname, rr.rtype, rr.rclass, ttl, rr.rdata)
+
+
+class _Entry:
+    """Pre-built answers for one host, so the warm path allocates little."""
+
+    __slots__ = ("service", "records", "nodata")
+
+    def __init__(self, service: Service, default_ttl: int) -> None:
+        host = service.host
+        ttl = host.ttl if host.ttl is not None else default_ttl
+        self.service = service
+        self.records = {qtype: [_with_ttl(rr, ttl) for rr in host.records_of(qtype)] for qtype in ADDRESS_TYPES}
+        self.nodata = [_with_ttl(host.soa, host.negative_ttl)]
+
+
+class OnDemandStage:
+    name = "on-demand"
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.entries: dict[str, _Entry] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Rebuild the per-host answers after the fleet's hosts changed."""
+        ttl = self.fleet.config.answer_ttl
+        self.entries = {name: _Entry(svc, ttl) for name, svc in self.fleet.services.items()}
+
+    def resolve(self, query: Query) -> Answer | None | defer.Deferred:
+        entry = self.entries.get(query.key)
+        if entry is None:
+            return None
+        records = entry.records.get(query.qtype)
+        if not records:
+            # NODATA: no summoning for types the host has no records of (an
+            # AAAA lookup beside the A must not wait on a boot).
+            return Answer(authority=entry.nodata, cacheable=True)
+        svc = entry.service
+        ready = self.fleet.ensure_ready(svc)
+        if ready is True:
+            svc.touch()
+            return Answer(answer=records, cacheable=True, on_hit=svc.touch)
+        if ready is False:
+            return servfail()
+        return ready.addCallback(self._after_wait, entry, records)
+
+    @staticmethod
+    def _after_wait(ok: bool, entry: _Entry, records: list[RR]) -> Any:
+        if not ok:
+            return servfail()
+        svc = entry.service
+        svc.touch()
+        return Answer(answer=records, cacheable=True, on_hit=svc.touch)
