@@ -336,8 +336,8 @@ def _parse_record(entry: Entry, origin: DNSLabel, last_owner: DNSLabel | None,
 def _rtype_number(text: str) -> int:
     if text.startswith("TYPE") and text[4:].isdigit():
         return int(text[4:])
-    number = getattr(QTYPE, text, None) if text.isalnum() else None
-    if not isinstance(number, int) or text not in RDMAP:
+    number = QTYPE.reverse.get(text)
+    if number is None or text not in RDMAP:
         raise ValueError(f"unknown record type {text}")
     return number
 
@@ -358,10 +358,10 @@ def _parse_rdata(type_text: str, rtype: int, tokens: list[Token], origin: DNSLab
     try:
         if rtype == QTYPE.A:
             _expect(words, 1, type_text)
-            ipaddress.IPv4Address(words[0])
+            _address(ipaddress.IPv4Address, words[0], type_text)
         elif rtype == QTYPE.AAAA:
             _expect(words, 1, type_text)
-            ipaddress.IPv6Address(words[0])
+            _address(ipaddress.IPv6Address, words[0], type_text)
         elif rtype in (QTYPE.CNAME, QTYPE.NS, QTYPE.PTR):
             _expect(words, 1, type_text)
         elif rtype == QTYPE.MX:
@@ -396,6 +396,13 @@ _NAME_FIELDS = {QTYPE.CNAME: (0,), QTYPE.NS: (0,), QTYPE.PTR: (0,), QTYPE.MX: (1
 def _expect(words: list[str], count: int, type_text: str) -> None:
     if len(words) != count:
         raise ValueError(f"{type_text} record needs {count} field(s), got {len(words)}")
+
+
+def _address(kind: type, text: str, type_text: str) -> None:
+    try:
+        kind(text)
+    except ValueError:
+        raise ValueError(f"{type_text} record has an invalid address {text!r}") from None
 
 
 def _u16(text: str, what: str) -> None:
