@@ -59,7 +59,9 @@ def parse_metadata(text: str | None) -> Metadata | None:
         root = ET.fromstring(text)
     except ET.ParseError:
         return None
-    el = root if root.tag == f"{{{NS}}}vm" else root.find(f"metadata/{{{NS}}}vm")
+    # dom.metadata() returns the element with its namespace stripped; a
+    # whole domain XML has it namespaced under <metadata>.
+    el = root if root.tag in (f"{{{NS}}}vm", "vm") else root.find(f"metadata/{{{NS}}}vm")
     if el is None:
         return None
     try:

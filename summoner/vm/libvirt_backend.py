@@ -95,6 +95,7 @@ class DomainInfo:
     name: str
     state: str                  # running | paused | shutoff | crashed
     metadata: Metadata | None
+    uuid: str = ""
 
 
 # -- the process-wide event loop --------------------------------------------
@@ -111,6 +112,10 @@ def ensure_event_loop() -> None:
     with _event_loop_lock:
         if _event_loop_started:
             return
+        # libvirt's default error handler prints every error to stderr, even
+        # those we expect and handle (lookups of gone domains); errors reach
+        # us as exceptions anyway.
+        libvirt.registerErrorHandler(lambda ctx, err: None, None)
         libvirt.virEventRegisterDefaultImpl()
         # A timer keeps the loop from sleeping forever with nothing registered
         # (fvirt does the same "to prevent hangs").
@@ -131,7 +136,7 @@ def _error_text(exc: BaseException) -> str:
     return str(exc)
 
 
-def tail_file(path: str, lines: int = 15, max_bytes: int = 16384) -> str:
+def tail_file(path: str, lines: int = 15, max_bytes: int = 16384, skip_argv: bool = False) -> str:
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -140,7 +145,16 @@ def tail_file(path: str, lines: int = 15, max_bytes: int = 16384) -> str:
             data = f.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    return "\n".join(data.splitlines()[-lines:])
+    rows = data.splitlines()
+    if skip_argv:
+        # libvirt's QEMU log is appended to across runs, each starting with a
+        # "starting up" line and the full command line, one argument per
+        # line; the failure is in what follows, in the last run.
+        starts = [i for i, r in enumerate(rows) if "starting up libvirt" in r]
+        if starts:
+            rows = rows[starts[-1]:]
+        rows = [r for r in rows if not r.startswith("-") and not r.endswith("\\")]
+    return "\n".join(rows[-lines:])
 
 
 def parse_usernet(text: str) -> tuple[str, ...]:
@@ -159,19 +173,19 @@ def parse_usernet(text: str) -> tuple[str, ...]:
 class LibvirtBackend:
     """Asynchronous facade over one libvirt connection.
 
-    ``on_event(domain_name, event, detail)`` and ``on_connected()`` are called
+    ``on_event(domain_name, event, detail, uuid)`` and ``on_connected()`` are called
     on the reactor thread.  Every method returns a Deferred; failures are
     ``BackendError`` (``NotConnectedError`` while libvirtd is away).
     """
 
     def __init__(self, uri: str, reactor: Any, *,
-                 on_event: Callable[[str, str, str], None] | None = None,
+                 on_event: Callable[[str, str, str, str], None] | None = None,
                  on_connected: Callable[[], None] | None = None,
                  reconnect_min: float = 0.25, reconnect_max: float = 10.0,
                  keepalive: tuple[int, int] = (5, 3)) -> None:
         self.uri = uri
         self.reactor = reactor
-        self.on_event = on_event or (lambda name, event, detail: None)
+        self.on_event = on_event or (lambda name, event, detail, uuid: None)
         self.on_connected = on_connected or (lambda: None)
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
@@ -197,6 +211,9 @@ class LibvirtBackend:
         after the first failed attempt (reconnection goes on in the background)."""
         ensure_event_loop()
         self._pool.start()
+        # The worker thread is not a daemon: make sure reactor shutdown ends it
+        # even if nobody calls stop().
+        self.reactor.addSystemEventTrigger("during", "shutdown", self._stop_pool)
         self._stopped = False
         return self._connect()
 
@@ -207,9 +224,11 @@ class LibvirtBackend:
         conn, self._conn = self._conn, None
         d = self._in_thread(self._close, conn) if conn is not None else defer.succeed(None)
 
-        def done(_: object) -> None:
+        return d.addBoth(lambda _: self._stop_pool())
+
+    def _stop_pool(self) -> None:
+        if self._pool.started and not self._pool.joined:
             self._pool.stop()
-        return d.addBoth(done)
 
     def when_connected(self) -> defer.Deferred:
         if self._conn is not None:
@@ -304,7 +323,7 @@ class LibvirtBackend:
     def _lifecycle_cb(self, conn: Any, dom: Any, event: int, detail: int, opaque: Any) -> None:
         name = EVENT_NAMES.get(event, str(event))
         detail_name = _DETAIL_NAMES.get(name, {}).get(detail, str(detail))
-        self.reactor.callFromThread(self.on_event, dom.name(), name, detail_name)
+        self.reactor.callFromThread(self.on_event, dom.name(), name, detail_name, dom.UUIDString())
 
     def _close_cb(self, conn: Any, reason: int, opaque: Any) -> None:
         self.reactor.callFromThread(self._lost, CLOSE_REASONS.get(reason, str(reason)))
@@ -338,8 +357,9 @@ class LibvirtBackend:
     # -- operations ------------------------------------------------------------
 
     def create(self, xml: str) -> defer.Deferred:
-        """Start a transient domain; fires with its name."""
-        return self._call(lambda conn: conn.createXML(xml, 0).name())
+        """Start a transient domain; fires with its UUID (each transient
+        instance gets a new one, which tells its events from a predecessor's)."""
+        return self._call(lambda conn: conn.createXML(xml, 0).UUIDString())
 
     def destroy(self, name: str) -> defer.Deferred:
         """Hard stop; fires True if it was running, False if already gone."""
@@ -396,7 +416,7 @@ class LibvirtBackend:
                     continue  # not ours (no metadata in our namespace), or vanished meanwhile
                 meta = parse_metadata(text)
                 if meta is not None:
-                    out.append(DomainInfo(dom.name(), _STATE_NAMES.get(st, "running"), meta))
+                    out.append(DomainInfo(dom.name(), _STATE_NAMES.get(st, "running"), meta, dom.UUIDString()))
             return out
         return self._call(run)
 
@@ -450,7 +470,7 @@ class LibvirtBackend:
     def logs(self, domain_name: str, lines: int = 15) -> defer.Deferred:
         """Fires with (qemu log tail, guest console tail) for failure messages."""
         def run() -> tuple[str, str]:
-            return (tail_file(qemu_log_path(domain_name), lines),
+            return (tail_file(qemu_log_path(domain_name), lines, skip_argv=True),
                     tail_file(console_log_path(domain_name), lines))
         return self._in_thread(run)
 

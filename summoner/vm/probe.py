@@ -67,6 +67,8 @@ class _StatusLine(protocol.Protocol):
 
 
 class _Factory(protocol.ClientFactory):
+    noisy = False  # one log line per attempt would flood the log during boots
+
     def __init__(self, request: bytes, done: defer.Deferred) -> None:
         self.request = request
         self.done = done

@@ -71,6 +71,8 @@ class Service:
     reserved: bool = False              # booting and counted against capacity
     probe: Probe | None = None
     boot_abort: str | None = None       # the domain died before the probe started
+    domain_uuid: str | None = None      # the running instance (transient domains get a new one per boot)
+    early_events: list[tuple[str, str]] = field(default_factory=list)  # (uuid, why) seen while creating
     first_wait: float | None = None     # first query of the current wait (latency metric)
     stop_event: defer.Deferred | None = None
     generation: int = 0                 # bumped when the service is replaced or removed
@@ -224,20 +226,26 @@ class Fleet:
             start = self.now()
             deadline = start + spec.boot_timeout
             xml = domain_xml(spec, self.virt_type, self.net, self.config.machine)
+            svc.domain_uuid = None
+            svc.early_events = []
             try:
-                await self.backend.create(xml)
+                svc.domain_uuid = await self.backend.create(xml)
             except BackendError as exc:
                 if "already exists" in str(exc) or "already active" in str(exc):
                     # A leftover of ours (e.g. a failed destroy): replace it.
                     await self._quiet_destroy(spec.domain_name)
                     try:
-                        await self.backend.create(xml)
+                        svc.domain_uuid = await self.backend.create(xml)
                     except BackendError as exc2:
                         await self._boot_failed(svc, gen, "error", f"libvirt: {exc2}")
                         return
                 else:
                     await self._boot_failed(svc, gen, "error", f"libvirt: {exc}")
                     return
+            for uuid, why in svc.early_events:
+                if uuid == svc.domain_uuid:
+                    svc.boot_abort = why
+            svc.early_events = []
             if gen != svc.generation:
                 await self._quiet_destroy(spec.domain_name)
                 return
@@ -294,6 +302,11 @@ class Fleet:
     async def _boot_failed(self, svc: Service, gen: int, result: str, why: str,
                            fallback_retry: bool = False) -> None:
         spec = svc.spec
+        may_fall_back = self.kvm_unproven and self.virt_type == "kvm" and not fallback_retry
+        if not may_fall_back and gen == svc.generation:
+            # Answer the waiters now (SERVFAIL within the deadline); the
+            # destroy (a second or more for QEMU to exit) happens after.
+            self._mark_failed(svc, result, why)
         await self._quiet_destroy(spec.domain_name)
         try:
             qemu_tail, console_tail = await self.backend.logs(spec.domain_name)
@@ -302,29 +315,32 @@ class Fleet:
         svc.reserved = False
         if gen != svc.generation:
             return
-        if (self.kvm_unproven and self.virt_type == "kvm"
-                and any(sig in qemu_tail + console_tail for sig in KVM_FAILURE_SIGNATURES)):
+        if may_fall_back and any(sig in qemu_tail + console_tail for sig in KVM_FAILURE_SIGNATURES):
             self.virt_type = "qemu"
             self.kvm_unproven = False
             log.warn("KVM cannot run guests on this host ({why}; QEMU log: {tail}); "
                      "falling back to TCG (virt type qemu) for all VMs",
                      why=why, tail=qemu_tail.strip().splitlines()[-1:] if qemu_tail.strip() else "")
-            if not fallback_retry:
-                self._set_state(svc, State.STOPPED)
-                defer.Deferred.fromCoroutine(self._boot(svc, fallback_retry=True))
-                return
+            self._set_state(svc, State.STOPPED)
+            defer.Deferred.fromCoroutine(self._boot(svc, fallback_retry=True))
+            return
+        if may_fall_back:
+            self._mark_failed(svc, result, why)
+        delay = svc.retry_at - self.now()
+        log.error(
+            "{service}: boot of image {image} failed ({result}): {why}; retry allowed in {delay:g}s "
+            "(failure {n})\n--- QEMU log ({qlog}):\n{qemu}\n--- console:\n{console}",
+            service=svc.name, image=spec.image, result=result, why=why, delay=max(0.0, delay), n=svc.failures,
+            qlog=f"/var/log/libvirt/qemu/{spec.domain_name}.log",
+            qemu=qemu_tail.strip() or "(empty)", console=console_tail.strip() or "(empty)")
+
+    def _mark_failed(self, svc: Service, result: str, why: str) -> None:
         svc.failures += 1
         delay = min(self.config.retry_backoff * 2 ** (svc.failures - 1), self.config.retry_backoff_max)
         svc.retry_at = self.now() + delay
         svc.last_error = why
         metrics.BOOTS.labels(svc.name, result).inc()
         self._set_state(svc, State.FAILED)
-        log.error(
-            "{service}: boot of image {image} failed ({result}): {why}; retry allowed in {delay:g}s "
-            "(failure {n})\n--- QEMU log ({qlog}):\n{qemu}\n--- console:\n{console}",
-            service=svc.name, image=spec.image, result=result, why=why, delay=delay, n=svc.failures,
-            qlog=f"/var/log/libvirt/qemu/{spec.domain_name}.log",
-            qemu=qemu_tail.strip() or "(empty)", console=console_tail.strip() or "(empty)")
         self._finish(svc, False, why)
 
     async def _resume(self, svc: Service) -> None:
@@ -445,10 +461,18 @@ class Fleet:
 
     # -- libvirt events ----------------------------------------------------------
 
-    def on_event(self, domain: str, event: str, detail: str) -> None:
+    def on_event(self, domain: str, event: str, detail: str, uuid: str = "") -> None:
         svc = self.by_domain.get(domain)
         if svc is None:
             return
+        if svc.state is State.BOOTING and svc.domain_uuid is None and svc.reserved:
+            # createXML has not returned yet: we cannot tell this instance's
+            # events from its predecessor's until we know its UUID.
+            if event in ("stopped", "crashed", "suspended"):
+                svc.early_events.append((uuid, f"domain {event} during boot ({detail})"))
+            return
+        if uuid and svc.domain_uuid and uuid != svc.domain_uuid:
+            return  # an earlier instance of this domain (destroyed before a re-boot)
         if event in ("stopped", "crashed"):
             if svc.stop_event is not None and not svc.stop_event.called:
                 svc.stop_event.callback(True)
@@ -503,7 +527,7 @@ class Fleet:
         for info in domains:
             svc = self.by_domain.get(info.name)
             meta = info.metadata
-            if svc is None or meta is None or meta.service != svc.name or meta.hash != svc.spec.config_hash:
+            if svc is None or meta is None or meta.service != svc.name or meta.config_hash != svc.spec.config_hash:
                 if info.state in ("shutoff", "crashed"):
                     continue
                 why = "removed" if svc is None else "changed"
@@ -516,10 +540,12 @@ class Fleet:
             seen.add(svc.name)
             if svc.state in (State.STOPPED, State.FAILED):
                 if info.state == "paused":
+                    svc.domain_uuid = info.uuid
                     svc.started_at = svc.started_at or self.now()
                     self._set_state(svc, State.SUSPENDED)
                     stats["adopted"] += 1
                 elif info.state == "running":
+                    svc.domain_uuid = info.uuid
                     adoptions.append(self._adopt(svc))
                     stats["adopted"] += 1
             elif svc.state is State.READY and info.state == "paused":
