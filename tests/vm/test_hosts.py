@@ -1,0 +1,94 @@
+"""On-demand declarations in zone files: parsing, stripping, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from dnslib import QTYPE
+
+from summoner.vm.hosts import split_on_demand
+from summoner.zonefile import ZoneError, parse_zone_text
+
+HEAD = """$ORIGIN example.org.
+$TTL 300
+@ IN SOA ns1 hostmaster 1 3600 600 86400 60
+  IN NS ns1
+ns1 IN A 127.0.0.1
+"""
+IMAGES = {"hello": object(), "tasks": object()}
+
+
+def zone(body: str):
+    return parse_zone_text(HEAD + body, "example.org", Path("example.org.zone"))
+
+
+def test_declaration_is_split_out():
+    z = zone('hello IN A 127.0.0.10\n'
+             'hello IN MX 10 ns1\n'
+             '_summoner.hello IN TXT "image=hello" "idle=120" "memory=96 vcpus=2" "stop=suspend"\n'
+             'tasks IN A 127.0.0.11\n'
+             '_summoner.tasks IN TXT "image=tasks" "ttl=5" "probe_path=/todo/api/v1.0/tasks" "boot_timeout=7.5"\n')
+    zones, hosts = split_on_demand([z], IMAGES)
+    by_name = {h.name: h for h in hosts}
+    hello, tasks = by_name["hello.example.org"], by_name["tasks.example.org"]
+    assert (hello.image, hello.address, hello.idle, hello.memory_mib, hello.vcpus, hello.stop) == \
+        ("hello", "127.0.0.10", 120.0, 96, 2, "suspend")
+    assert (tasks.ttl, tasks.probe_path, tasks.boot_timeout) == (5, "/todo/api/v1.0/tasks", 7.5)
+    assert hello.location == "example.org.zone:8"
+    assert [str(rr.rdata) for rr in hello.records_of(QTYPE.A)] == ["127.0.0.10"]
+    assert hello.soa.rtype == QTYPE.SOA and hello.negative_ttl == 60
+    records = zones[0].records
+    assert "_summoner.hello.example.org" not in records
+    assert [rr.rtype for rr in records["hello.example.org"]] == [QTYPE.MX]  # other types stay static
+    assert "tasks.example.org" not in records
+    assert "ns1.example.org" in records
+
+
+def test_zone_without_declarations_is_untouched():
+    z = zone("www IN A 127.0.0.2\n")
+    zones, hosts = split_on_demand([z], IMAGES)
+    assert hosts == [] and zones[0] is z
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ('_summoner.x IN TXT "image=hello"\n', "needs an A record"),
+    ('x IN A 127.0.0.9\n_summoner.x IN TXT "idle=5"\n', "no image=NAME"),
+    ('x IN A 127.0.0.9\n_summoner.x IN TXT "image=nope"\n', "unknown image 'nope'"),
+    ('x IN A 127.0.0.9\n_summoner.x IN TXT "image=hello" "colour=blue"\n', "unknown key 'colour'"),
+    ('x IN A 127.0.0.9\n_summoner.x IN TXT "image=hello" "memory=lots"\n', "memory='lots' must be an integer"),
+    ('x IN A 127.0.0.9\n_summoner.x IN TXT "image=hello" "stop=explode"\n', "stop='explode' must be one of"),
+    ('x IN A 127.0.0.9\n_summoner.x IN TXT "image=hello" "idle"\n', "expected key=value"),
+    ('x IN A 127.0.0.9\n_summoner.x IN TXT "image=hello" "probe_path=health"\n', "must be an absolute path"),
+    ('x IN A 192.0.2.1\n_summoner.x IN TXT "image=hello"\n', "not in 127.0.0.0/8"),
+    ('x IN A 127.0.0.9\nx IN AAAA ::1\n_summoner.x IN TXT "image=hello"\n', "forwards IPv4 loopback only"),
+    ('x IN A 127.0.0.9\nx IN A 127.0.0.8\n_summoner.x IN TXT "image=hello"\n', "2 A records"),
+    ('x IN A 127.0.0.9\n_summoner.x IN TXT "image=hello"\ny IN A 127.0.0.9\n_summoner.y IN TXT "image=hello"\n',
+     "already used by"),
+])
+def test_errors_point_at_the_line(body, message):
+    with pytest.raises(ZoneError) as info:
+        split_on_demand([zone(body)], IMAGES)
+    problems = info.value.problems
+    assert any(message in p for p in problems), problems
+    assert all(p.startswith("example.org.zone:") for p in problems), problems
+
+
+def test_bridge_mode_accepts_routable_addresses_and_aaaa():
+    z = zone('x IN A 192.0.2.1\nx IN AAAA 2001:db8::1\n_summoner.x IN TXT "image=hello"\n')
+    _zones, hosts = split_on_demand([z], IMAGES, network="bridge")
+    assert hosts[0].address == "192.0.2.1"
+    assert len(hosts[0].records) == 2
+
+
+def test_image_check_is_optional():
+    z = zone('x IN A 127.0.0.9\n_summoner.x IN TXT "image=anything"\n')
+    _zones, hosts = split_on_demand([z])
+    assert hosts[0].image == "anything"
+
+
+def test_shipped_example_zone():
+    from summoner.zonefile import load_zone_dir
+    zones = load_zone_dir(Path(__file__).resolve().parents[2] / "zones")
+    _zones, hosts = split_on_demand(zones.zones.values(), IMAGES)
+    assert {h.name: h.image for h in hosts} == {"hello.example.org": "hello", "tasks.example.org": "tasks"}
