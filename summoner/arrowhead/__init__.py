@@ -90,4 +90,5 @@ def build(config: ArrowheadConfig, find_zone: FindZone, reactor: Any) -> Arrowhe
     own = own_system(config)
     stage = ArrowheadStage(config, client, find_zone, own, reactor)
     publisher = ArrowheadPublisher(config, client, own, reactor)
+    stage.on_unknown_requester = publisher.system_lost
     return Arrowhead(config, client, stage, publisher)

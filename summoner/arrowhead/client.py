@@ -443,10 +443,13 @@ class ArrowheadClient:
     def _translated(failure: Any, url: str, timeout: float) -> None:
         if failure.check(ArrowheadError):
             failure.raiseException()
-        if failure.check(defer.TimeoutError, defer.CancelledError):
-            raise ArrowheadTimeoutError(f"{url}: no answer within {timeout:g} s")
-        # Agent wraps what went wrong on the connection in ``reasons``.
+        # Agent wraps what went wrong on the connection in ``reasons`` -- a
+        # cancellation by addTimeout included, which addTimeout then fails to
+        # recognise as its own.
         reasons = getattr(failure.value, "reasons", None)
+        if failure.check(defer.TimeoutError, defer.CancelledError) or any(
+                r.check(defer.CancelledError) for r in reasons or ()):
+            raise ArrowheadTimeoutError(f"{url}: no answer within {timeout:g} s")
         for reason in reasons or ():
             if reason.check(SSL.Error):
                 raise ArrowheadTLSError(f"{url}: TLS handshake failed: {_ssl_reason(reason.value)}")

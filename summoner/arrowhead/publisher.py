@@ -104,6 +104,14 @@ class ArrowheadPublisher:
             yield defer.DeferredList([self._unregister(r) for r in registered], consumeErrors=True)
         yield self._client.close()
 
+    def system_lost(self) -> None:
+        """The core systems no longer know summoner's system: register it again."""
+        if self.system_state == "registered":
+            log.warn("Arrowhead: the Orchestrator does not know system {name} any more; registering it again",
+                     name=self._own.system_name)
+            self.system_state = "pending"
+            self._kick()
+
     def status(self) -> dict[str, Any]:
         return {
             "registry": self.config.registry_url,

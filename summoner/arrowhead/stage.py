@@ -102,6 +102,9 @@ class ArrowheadStage:
         self._soas: dict[str, RR] = {}
         self.last_error: str | None = None
         self.last_success: float | None = None
+        #: called when the Orchestrator no longer knows summoner's system (a
+        #: Service Registry whose database was reset); the publisher re-registers
+        self.on_unknown_requester: Callable[[], None] | None = None
 
     # -- the stage interface
 
@@ -235,6 +238,8 @@ class ArrowheadStage:
             else:
                 self.circuit.succeeded()  # it answered, only not to our liking
             self.last_error = str(error)
+            if _unknown_requester(error) and self.on_unknown_requester is not None:
+                self.on_unknown_requester()
             log.warn("Arrowhead lookup of service {service} failed: {error}{hint}",
                      service=target.service, error=error, hint=_hint(error))
             for waiting in self._inflight.pop(key, []):
@@ -324,9 +329,14 @@ def _cname(name: DNSLabel, providers: tuple[Provider, ...], ttl: int) -> list[RR
     return []
 
 
-def _hint(error: ArrowheadError) -> str:
+def _unknown_requester(error: ArrowheadError) -> bool:
+    # Authorization's answer when the requester triple is not a known system.
     message = error.error.error_message if isinstance(error, ArrowheadHTTPError) and error.error else ""
-    if "not exist in the database" in message:
+    return "not exist in the database" in message
+
+
+def _hint(error: ArrowheadError) -> str:
+    if _unknown_requester(error):
         return ("; summoner's own system is not registered in the Service Registry with this name, address and "
                 "port (set --arrowhead-registry, or register it and add an authorization rule)")
     if isinstance(error, ArrowheadHTTPError) and error.status == 401:
