@@ -28,7 +28,7 @@ from OpenSSL import SSL, crypto
 from service_identity import VerificationError
 from service_identity.hazmat import DNS_ID, IPAddress_ID, verify_service_identity
 from service_identity.pyopenssl import extract_patterns
-from twisted.internet import defer, ssl
+from twisted.internet import defer
 from twisted.internet.error import ConnectError, ConnectionLost, DNSLookupError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
 from twisted.logger import Logger
@@ -221,18 +221,20 @@ def _load_truststore(path: str, password: str | None) -> tuple[x509.Certificate,
 
 
 def _openssl_context(material: TLSMaterial) -> SSL.Context:
-    to_pem = serialization.Encoding.PEM
-    options = ssl.CertificateOptions(
-        privateKey=crypto.PKey.from_cryptography_key(material.key),
-        certificate=crypto.X509.from_cryptography(material.certificate),
-        extraCertChain=[crypto.X509.from_cryptography(c) for c in material.chain],
-        trustRoot=ssl.trustRootFromCertificates(
-            [ssl.Certificate.loadPEM(c.public_bytes(to_pem)) for c in material.trusted]),
-    )
-    context = options.getContext()
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.use_certificate(material.certificate)
+    context.use_privatekey(material.key)
+    for extra in material.chain:
+        context.add_extra_chain_cert(extra)
+    context.check_privatekey()
+    store = context.get_cert_store()
+    assert store is not None
+    for anchor in material.trusted:
+        store.add_cert(crypto.X509.from_cryptography(anchor))
     # Arrowhead truststores hold the *cloud* certificate, which is not
     # self-signed; Java accepts any trust anchor, OpenSSL only with this flag.
-    context.get_cert_store().set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+    store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
     return context
 
 
