@@ -135,7 +135,7 @@ def test_system_name_that_contradicts_the_certificate_is_a_startup_error(arrowhe
 @pytest.mark.parametrize("argv, message", [
     (["--arrowhead-orchestrator", "https://h:1"], "needs --arrowhead-cert"),
     (["--arrowhead-orchestrator", "http://h:1", "--arrowhead-cert", "x.pem"], "drop the certificate flags"),
-    (["--arrowhead-orchestrator", "http://h:1", "--arrowhead-registry", "https://h:2"], "must both be http or both https"),
+    (["--arrowhead-orchestrator", "http://h:1", "--arrowhead-registry", "https://h:2"], "both be http or both https"),
     (["--arrowhead-orchestrator", "http://h:1", "--arrowhead-system-name", "my_system"], "no underscores"),
     (["--arrowhead-orchestrator", "http://h:1", "--arrowhead-interface", "http-json"], "is not PROTOCOL"),
     (["--arrowhead-orchestrator", "http://h:1", "--arrowhead-map", "x.test", "colour=red"], "unknown key"),
