@@ -28,11 +28,12 @@ from OpenSSL import SSL, crypto
 from service_identity import VerificationError
 from service_identity.hazmat import DNS_ID, IPAddress_ID, verify_service_identity
 from service_identity.pyopenssl import extract_patterns
-from twisted.internet import defer
+from twisted.internet import defer, protocol
 from twisted.internet.error import ConnectError, ConnectionLost, DNSLookupError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
@@ -430,7 +431,7 @@ class ArrowheadClient:
             headers.addRawHeader(b"Content-Type", b"application/json")
             producer = _Body(json.dumps(body).encode())
         d = self._agent.request(method, url.encode(), headers, producer)
-        d.addCallback(lambda response: readBody(response).addCallback(lambda data: (response.code, data)))
+        d.addCallback(lambda response: _read_body(response).addCallback(lambda data: (response.code, data)))
         d.addTimeout(timeout, self._reactor)
         d.addCallbacks(self._checked, self._translated, callbackArgs=(url, ok), errbackArgs=(url, timeout))
         return d
@@ -459,6 +460,39 @@ class ArrowheadClient:
             what = reasons[0].getErrorMessage() if reasons else failure.getErrorMessage()
             raise ArrowheadUnavailableError(f"{url}: {what or failure.type.__name__}")
         failure.raiseException()
+
+
+class _BodyCollector(protocol.Protocol):
+    """readBody without its deprecation warning: cancelling (the deadline)
+    drops the connection, and a late end of body is ignored."""
+
+    def __init__(self, finished: defer.Deferred) -> None:
+        self.parts: list[bytes] = []
+        self.finished = finished
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted API
+        self.parts.append(data)
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802 - Twisted API
+        if self.finished.called:
+            return
+        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
+            self.finished.callback(b"".join(self.parts))
+        else:
+            self.finished.errback(reason)
+
+
+def _read_body(response: Any) -> defer.Deferred:
+    collector: _BodyCollector
+
+    def cancel(_: defer.Deferred) -> None:
+        if collector.transport is not None:
+            collector.transport.stopProducing()
+
+    finished: defer.Deferred = defer.Deferred(cancel)
+    collector = _BodyCollector(finished)
+    response.deliverBody(collector)
+    return finished
 
 
 def _ssl_reason(error: SSL.Error) -> str:
