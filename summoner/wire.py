@@ -78,8 +78,6 @@ class Responder:
         self.cache_limit = cache_limit
         self._caches: dict[str, dict[bytes, _Cached]] = {"udp": {}, "tcp": {}}
         self._latency = {p: metrics.QUERY_SECONDS.labels(p) for p in self._caches}
-        self._cache_hits = metrics.RESPONSE_CACHE.labels("hit")
-        self._cache_misses = metrics.RESPONSE_CACHE.labels("miss")
         self.reject = RejectLog()
 
     def clear_cache(self) -> None:
@@ -94,10 +92,9 @@ class Responder:
             if entry.on_hit is not None:
                 entry.on_hit()
             entry.counter.inc()
-            self._cache_hits.inc()
             self._latency[protocol].observe(time.perf_counter() - started)
             return data[:2] + entry.tail
-        self._cache_misses.inc()
+        metrics.CACHE_MISSES.inc()
         try:
             return self._resolve(data, protocol, started)
         except Exception:
