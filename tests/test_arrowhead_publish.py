@@ -138,3 +138,20 @@ class PublisherTest(unittest.TestCase):
         assert [str(rr.rdata) for rr in answer.answer] == ["10.1.1.1"]
         # Outside every served zone and Arrowhead domain: not this stage's name.
         assert arrowhead.stage.resolve(Query.of("thermo.elsewhere.test", "A")) is None
+
+
+def test_on_demand_hosts_become_published_services():
+    from types import SimpleNamespace
+
+    from summoner.arrowhead import published_services
+    hosts = [
+        SimpleNamespace(name="hello.example.org", image="hello", port=8080, extra={}),
+        SimpleNamespace(name="tasks.example.org", image="tasks", port=None,
+                        extra={"arrowhead-service": "todo", "arrowhead-uri": "/api", "meta.team": "ops"}),
+        SimpleNamespace(name="secret.example.org", image="x", port=80, extra={"arrowhead": "off"}),
+        SimpleNamespace(name="bad_name.example.org", image="x", port=80, extra={}),
+    ]
+    assert published_services(hosts) == [
+        PublishedService("hello.example.org", "hello", 8080, "hello", "/"),
+        PublishedService("tasks.example.org", "todo", 80, "tasks", "/api", {"team": "ops"}),
+    ]

@@ -8,7 +8,7 @@ The app's whole interface::
     config = config_from_args(args)           # None: Arrowhead off; ArrowheadConfigError: exit
     arrowhead = build(config, find_zone, reactor)
     chain = Chain([static, on_demand, arrowhead.stage])
-    arrowhead.update_services([PublishedService(...), ...])   # at start and on zone changes
+    arrowhead.update_services(published_services(hosts))      # at start and on zone changes
     arrowhead.start()                         # fires at once; registration runs in the background
     yield arrowhead.stop()                    # clean shutdown: unregisters published services
     arrowhead.status()                        # dict for the admin endpoint / `summoner status`
@@ -31,7 +31,7 @@ from summoner.arrowhead.config import (
     config_from_args,
     own_system,
 )
-from summoner.arrowhead.publisher import ArrowheadPublisher, PublishedService
+from summoner.arrowhead.publisher import ArrowheadPublisher, PublishedService, published_services
 from summoner.arrowhead.stage import ArrowheadStage, FindZone
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "add_cli_arguments",
     "build",
     "config_from_args",
+    "published_services",
 ]
 
 

@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 
 from summoner.arrowhead import metrics
 from summoner.arrowhead.client import ArrowheadClient, ArrowheadError, ArrowheadHTTPError, SystemRef
-from summoner.arrowhead.config import ArrowheadConfig
+from summoner.arrowhead.config import ArrowheadConfig, valid_name
 
 log = Logger(namespace="summoner.arrowhead")
 
@@ -43,6 +43,34 @@ class PublishedService:
     def key(self) -> tuple[str, str, int, str]:
         """What the Service Registry treats as one entry."""
         return (self.service_definition.lower(), self.dns_name.rstrip(".").lower(), self.port, self.uri)
+
+
+def published_services(hosts: Iterable[Any], default_port: int = 80) -> list[PublishedService]:
+    """PublishedService for each on-demand host (anything with ``name``,
+    ``image``, ``port`` and an ``extra`` dict of its ``_summoner`` TXT keys).
+
+    The service definition is ``arrowhead-service=`` from the TXT record, else
+    the host's first label; ``arrowhead-uri=`` sets the service URI.  Hosts
+    whose definition Arrowhead would reject are skipped with a warning, and
+    ``arrowhead=off`` keeps a host unpublished.
+    """
+    out = []
+    for host in hosts:
+        extra = dict(getattr(host, "extra", None) or {})
+        if extra.get("arrowhead", "on").lower() in ("off", "no", "false"):
+            continue
+        name = str(host.name).rstrip(".").lower()
+        definition = extra.get("arrowhead-service") or name.split(".", 1)[0]
+        if not valid_name(definition):
+            log.warn("Arrowhead: not publishing {name}: {definition!r} is not a valid service definition "
+                     "(set arrowhead-service= in its _summoner TXT record)", name=name, definition=definition)
+            continue
+        port = getattr(host, "port", None) or default_port
+        metadata = {k: v for k, v in extra.items() if k.startswith("meta.")}
+        out.append(PublishedService(name, definition.lower(), int(port), str(host.image),
+                                    extra.get("arrowhead-uri", "/"),
+                                    {k[5:]: v for k, v in metadata.items()}))
+    return out
 
 
 @dataclass
