@@ -181,3 +181,12 @@ def test_bad_arrowhead_flags_stop_startup(start_server, arrowhead_double):
     server = start_server(EXAMPLE_ZONES, "--arrowhead-orchestrator", "ftp://x", wait=False)
     assert server.process.wait(10) == 2
     assert "--arrowhead-orchestrator must be an http:// or https:// URL" in server.log()
+
+
+def test_arrowhead_domain_apex_has_a_synthesized_soa(served):
+    server, double = served
+    response = server.query("ah.test", "SOA")
+    assert response.rcode() == dns.rcode.NOERROR
+    assert [str(rrset.name) for rrset in response.answer] == ["ah.test."]
+    assert response.flags & dns.flags.AA
+    assert double.counters().get("orchestration", 0) == 0
