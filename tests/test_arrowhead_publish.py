@@ -118,7 +118,8 @@ class PublisherTest(unittest.TestCase):
         yield arrowhead.start()
         yield eventually(lambda: arrowhead.publisher.system_state == "registered")
         first = yield arrowhead.stage.resolve(Query.of("temperature.ah.test", "A"))
-        assert 19 <= first.answer[0].ttl <= 20 and not first.cacheable
+        assert 19 <= first.answer[0].ttl <= 20
+        assert first.cacheable and first.cache_seconds is not None and first.cache_seconds <= 1.0
         yield task.deferLater(reactor, 1.1, lambda: None)
         second = arrowhead.stage.resolve(Query.of("TEMPERATURE.ah.test", "A"))
         assert not isinstance(second, defer.Deferred)

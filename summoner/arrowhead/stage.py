@@ -1,9 +1,10 @@
 """The Arrowhead resolution stage: names summoner does not hold, answered by
 a dynamic orchestration.
 
-Answers are never ``cacheable`` for the wire layer (which would keep them
-forever); this stage keeps its own TTL-bounded cache instead, and answers a
-cache hit synchronously, so a hit costs no more than a static record.
+This stage keeps its own TTL-bounded cache of orchestration results and
+answers a cache hit synchronously.  Rendered answers may be replayed by the
+wire layer for at most ``WIRE_CACHE_SECONDS``, so a hit costs what a static
+record costs while the TTL a client sees is never more than that stale.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from summoner.arrowhead.client import (
 )
 from summoner.arrowhead.config import ArrowheadConfig, ServiceMapping, valid_name
 from summoner.resolution import Answer, Query, servfail
+
+# How long the wire layer may replay an encoded answer: bounds how stale the
+# TTL inside it can get, and how late a changed provider is noticed.
+WIRE_CACHE_SECONDS = 1.0
 
 log = Logger(namespace="summoner.arrowhead")
 
@@ -123,8 +128,7 @@ class ArrowheadStage:
         now = self._reactor.seconds()
         if entry is not None:
             if entry.expires > now:
-                metrics.CACHE_HITS.labels("positive" if entry.providers else "negative").inc()
-                return self._render(query, target, entry.providers, entry.expires - now)
+                return self._render(query, target, entry.providers, entry.expires - now, fresh=False)
             del self._cache[key]
         waiting: defer.Deferred = defer.Deferred()
         waiters = self._inflight.get(key)
@@ -257,18 +261,25 @@ class ArrowheadStage:
             waiting.callback(_Entry(expires, providers))
 
     def _answer(self, result: _Entry, query: Query, target: _Target) -> Answer:
-        answer = self._render(query, target, result.providers, result.expires - self._reactor.seconds())
+        answer = self._render(query, target, result.providers, result.expires - self._reactor.seconds(),
+                              fresh=True)
         metrics.LOOKUPS.labels("answer" if result.providers else "nxdomain").inc()
         return answer
 
     # -- answers
 
-    def _render(self, query: Query, target: _Target, providers: tuple[Provider, ...], remaining: float) -> Answer:
+    def _render(self, query: Query, target: _Target, providers: tuple[Provider, ...], remaining: float,
+                fresh: bool = False) -> Answer:
         # The TTL never outlives the cache entry behind it.
         ttl = max(1, min(self.config.ttl, int(remaining)))
+        replay = min(WIRE_CACHE_SECONDS, max(remaining, 0.0))
+        # Every delivery of this answer, wire-level replays included, is a
+        # cache hit, except the first delivery of a fresh orchestration result.
+        count = metrics.CACHE_HITS.labels("positive" if providers else "negative").inc
+        on_hit = _after_first(count) if fresh else count
         soa = RR(target.soa.rname, QTYPE.SOA, ttl=min(ttl, target.soa.ttl), rdata=target.soa.rdata)
         if not providers:
-            return Answer(rcode=RCODE.NXDOMAIN, authority=[soa], cacheable=False)
+            return Answer(rcode=RCODE.NXDOMAIN, authority=[soa], cacheable=True, cache_seconds=replay, on_hit=on_hit)
         name, qtype = query.name, query.qtype
         records: list[RR] = []
         additional: list[RR] = []
@@ -292,8 +303,8 @@ class ArrowheadStage:
                 f"provider={p.system_name}", f"port={p.port}", f"uri={p.service_uri}",
                 f"secure={p.secure}", "interfaces=" + ",".join(p.interfaces)])) for p in providers]
         if records:
-            return Answer(answer=records, additional=additional, cacheable=False)
-        return Answer(authority=[soa], cacheable=False)  # NODATA
+            return Answer(answer=records, additional=additional, cacheable=True, cache_seconds=replay, on_hit=on_hit)
+        return Answer(authority=[soa], cacheable=True, cache_seconds=replay, on_hit=on_hit)  # NODATA
 
     # -- errors reach DNS as SERVFAIL
 
@@ -342,3 +353,15 @@ def _hint(error: ArrowheadError) -> str:
     if isinstance(error, ArrowheadHTTPError) and error.status == 401:
         return "; the core system rejected summoner's certificate or system name"
     return ""
+
+
+def _after_first(action: Callable[[], None]) -> Callable[[], None]:
+    """``action`` on every call but the first."""
+    calls = 0
+
+    def maybe() -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            action()
+    return maybe
