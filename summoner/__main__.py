@@ -1,0 +1,5 @@
+import sys
+
+from summoner.cli import main
+
+sys.exit(main())

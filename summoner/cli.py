@@ -1,0 +1,122 @@
+"""The ``summoner`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from summoner import __version__
+from summoner.arrowhead.config import ArrowheadConfigError, config_from_args
+from summoner.arrowhead.config import add_cli_arguments as add_arrowhead_arguments
+from summoner.zonefile import ZoneError, load_zone_dir
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """``ADDR:PORT``, ``[V6ADDR]:PORT`` or a bare IPv6 address with ``:PORT``."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected [ADDR]:PORT")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected ADDR:PORT")
+    if not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: port must be 0-65535")
+    return host or "0.0.0.0", int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="summoner", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"summoner {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the DNS server")
+    serve.add_argument("--listen", type=host_port, default=("127.0.0.1", 5353), metavar="ADDR:PORT",
+                       help="DNS address, UDP and TCP (default 127.0.0.1:5353; IPv6 as [::1]:5353)")
+    serve.add_argument("--zones", type=Path, default=Path("zones"), metavar="DIR",
+                       help="directory of *.zone files (default zones/)")
+    serve.add_argument("--metrics", type=host_port, default=("127.0.0.1", 9153), metavar="ADDR:PORT",
+                       help="Prometheus endpoint, path /metrics (default 127.0.0.1:9153)")
+    serve.add_argument("--no-metrics", action="store_true", help="do not serve metrics")
+    serve.add_argument("--log-format", choices=("human", "json"), default="human",
+                       help="log line format (default human)")
+    serve.add_argument("--log-level", choices=("debug", "info", "warn", "error"), default="info")
+    serve.add_argument("--tcp-idle-timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="close idle DNS TCP connections after this long (default 10)")
+    serve.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
+                       help="how often the zone directory is checked for changes (default 1)")
+    add_arrowhead_arguments(serve)
+    serve.set_defaults(run=run_serve)
+
+    check = commands.add_parser("check", help="validate zone files and exit")
+    check.add_argument("--zones", type=Path, default=Path("zones"), metavar="DIR")
+    check.set_defaults(run=run_check)
+    return parser
+
+
+def run_check(args: argparse.Namespace) -> int:
+    try:
+        zones = load_zone_dir(args.zones)
+    except ZoneError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    for zone in zones.zones.values():
+        print(f"{zone.path}: zone {zone.origin}: {zone.record_count} records OK")
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from twisted.internet import reactor
+
+    from summoner.app import App, ServeConfig
+    from summoner.logs import start_logging
+
+    config = ServeConfig(
+        listen=args.listen, zones=args.zones,
+        metrics=None if args.no_metrics else args.metrics,
+        tcp_idle_timeout=args.tcp_idle_timeout, reload_interval=args.reload_interval,
+    )
+    try:
+        arrowhead_config = config_from_args(args)
+    except ArrowheadConfigError as exc:
+        print(f"summoner: not starting: Arrowhead: {exc}", file=sys.stderr)
+        return 2
+    app = App(config, reactor)
+    arrowhead = None
+    if arrowhead_config is not None:
+        from summoner.arrowhead import build
+
+        arrowhead = build(arrowhead_config, app.static.find_zone, reactor)
+        app.chain.stages.append(arrowhead.stage)  # after static (and on-demand): it takes what they leave
+    try:
+        app.load_initial_zones()
+    except ZoneError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print("summoner: not starting: the zone files above are invalid", file=sys.stderr)
+        return 1
+    start_logging(args.log_format, args.log_level)
+    try:
+        app.listen()
+    except Exception as exc:  # e.g. CannotListenError: address in use or not ours
+        print(f"summoner: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    reactor.addSystemEventTrigger("before", "shutdown", app.stop)
+    if arrowhead is not None:
+        arrowhead.update_services([])  # on-demand hosts are published once their parsing lands
+        arrowhead.start()
+        reactor.addSystemEventTrigger("before", "shutdown", arrowhead.stop)
+    reactor.run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

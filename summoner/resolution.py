@@ -1,0 +1,143 @@
+"""The resolution path: a question flows one way through a chain of stages.
+
+Each stage is one module that knows nothing of the others (static zone data,
+on-demand summoning, Arrowhead, the final REFUSED).  A stage either answers,
+or passes by returning ``None``.  A stage that owns a name but has nothing for
+it (an in-zone name that does not exist) may give a *tentative* answer: later
+stages may still claim the name, and if none does the tentative answer is
+what the client gets.  This is how names inside a served zone can be handed to
+Arrowhead without the zone stage knowing that Arrowhead exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from dnslib import QTYPE, RCODE, RR, DNSLabel
+from twisted.internet import defer
+from twisted.logger import Logger
+
+log = Logger(namespace="summoner.resolution")
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One question, as stages see it.
+
+    ``name`` is the name as the client wrote it (stages must compare
+    case-insensitively; ``key`` is the lower-cased form with no trailing dot).
+    """
+
+    name: DNSLabel
+    qtype: int
+    qclass: int = 1
+    key: str = ""
+    protocol: str = "udp"
+
+    @classmethod
+    def of(cls, name: str | DNSLabel, qtype: int | str, protocol: str = "udp") -> Query:
+        label = name if isinstance(name, DNSLabel) else DNSLabel(name)
+        numeric = qtype if isinstance(qtype, int) else getattr(QTYPE, qtype)
+        return cls(label, numeric, 1, name_key(label), protocol)
+
+    @property
+    def type_name(self) -> str:
+        return QTYPE.get(self.qtype, f"TYPE{self.qtype}")
+
+
+def name_key(name: DNSLabel | str) -> str:
+    """Canonical lookup key of a name: lower case, no trailing dot."""
+    return str(name).rstrip(".").lower()
+
+
+@dataclass(slots=True)
+class Answer:
+    """What a stage says about a query.
+
+    ``cacheable`` tells the wire layer it may keep the encoded response and
+    replay it for identical questions until the cache is cleared; a stage whose
+    answers change (a VM that stops) must clear the cache when they do.
+    ``cache_seconds`` bounds how long that replay may last, for answers whose
+    TTLs count down (None: until the cache is cleared).
+    ``on_hit`` is called for every query answered, cached replays included, so
+    that a stage can keep counting demand (idle reaping needs that).
+    """
+
+    rcode: int = RCODE.NOERROR
+    answer: list[RR] = field(default_factory=list)
+    authority: list[RR] = field(default_factory=list)
+    additional: list[RR] = field(default_factory=list)
+    authoritative: bool = True
+    tentative: bool = False
+    cacheable: bool = True
+    cache_seconds: float | None = None
+    on_hit: Callable[[], None] | None = None
+
+
+def refused() -> Answer:
+    return Answer(rcode=RCODE.REFUSED, authoritative=False, cacheable=True)
+
+
+def servfail() -> Answer:
+    return Answer(rcode=RCODE.SERVFAIL, authoritative=False, cacheable=False)
+
+
+StageResult = Answer | None | defer.Deferred
+
+
+class Stage(Protocol):
+    """One step of the chain.  ``resolve`` may return its result directly
+    (the fast path: no Deferred allocation) or a Deferred firing with it."""
+
+    name: str
+
+    def resolve(self, query: Query) -> StageResult: ...
+
+
+class Chain:
+    """Runs stages in order; the first definitive answer wins."""
+
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        self.stages = list(stages)
+
+    def resolve(self, query: Query) -> Answer | defer.Deferred:
+        return self._walk(query, 0, None)
+
+    def _walk(self, query: Query, start: int, fallback: Answer | None) -> Answer | defer.Deferred:
+        stages = self.stages
+        for index in range(start, len(stages)):
+            try:
+                result = stages[index].resolve(query)
+            except Exception:
+                log.failure("stage {stage} failed on {name} {qtype}",
+                            stage=stages[index].name, name=query.key, qtype=query.type_name)
+                return servfail()
+            if isinstance(result, defer.Deferred):
+                return result.addCallbacks(
+                    self._resumed, self._stage_failed,
+                    callbackArgs=(query, index, fallback),
+                    errbackArgs=(query, index),
+                )
+            if result is None:
+                continue
+            if result.tentative:
+                if fallback is None:
+                    fallback = result
+                continue
+            return result
+        return fallback if fallback is not None else refused()
+
+    def _resumed(self, result: Answer | None, query: Query, index: int,
+                 fallback: Answer | None) -> Answer | defer.Deferred:
+        if result is not None:
+            if not result.tentative:
+                return result
+            fallback = fallback or result
+        return self._walk(query, index + 1, fallback)
+
+    def _stage_failed(self, failure, query: Query, index: int) -> Answer:
+        log.failure("stage {stage} failed on {name} {qtype}", failure,
+                    stage=self.stages[index].name, name=query.key, qtype=query.type_name)
+        return servfail()

@@ -1,0 +1,127 @@
+"""DNS transports: UDP datagrams and RFC 7766 TCP streams over one Responder."""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IReactorTCP, IReactorUDP
+from twisted.logger import Logger
+from twisted.protocols.basic import Int16StringReceiver
+from twisted.protocols.policies import TimeoutMixin
+
+from summoner.wire import Responder
+
+log = Logger(namespace="summoner.server")
+
+TCP_IDLE_TIMEOUT = 10.0  # RFC 7766 6.2.3 suggests seconds, not minutes
+MAX_TCP_PENDING = 64
+UDP_BUFFER_BYTES = 4 * 1024 * 1024  # answers in flight per connection before we stop reading
+
+
+class DNSDatagramProtocol(protocol.DatagramProtocol):
+    noisy = False
+
+    def __init__(self, responder: Responder) -> None:
+        self.responder = responder
+        self._sendto = None
+
+    def startProtocol(self) -> None:  # noqa: N802
+        handle = self.transport.getHandle()
+        # Bursts (many clients retrying at once) overflow the default ~200 KB
+        # receive buffer long before the CPU is the limit.
+        try:
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER_BYTES)
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_BUFFER_BYTES)
+        except OSError as exc:
+            log.warn("could not enlarge UDP socket buffers: {exc}", exc=exc)
+        # The port's write() re-validates the address string on every call; the
+        # address came from recvfrom, so the hot path sends on the socket itself.
+        self._sendto = handle.sendto
+
+    def datagramReceived(self, data: bytes, addr) -> None:  # noqa: N802 (Twisted's name)
+        response = self.responder.respond(data, "udp")
+        if response is None:
+            return
+        if isinstance(response, defer.Deferred):
+            response.addCallback(self._send, addr)
+        else:
+            self._send(response, addr)
+
+    def _send(self, response: bytes, addr) -> None:
+        try:
+            self._sendto(response, addr)
+        except OSError as exc:  # a full socket buffer or a vanished route: drop, as UDP does
+            log.debug("UDP send to {addr} failed: {exc}", addr=addr, exc=exc)
+
+
+class DNSStreamProtocol(Int16StringReceiver, TimeoutMixin):
+    """Length-prefixed messages (RFC 1035 4.2.2), several per connection, answered
+    as they complete (RFC 7766 6.2.1.1 allows out-of-order answers)."""
+
+    def __init__(self, responder: Responder, idle_timeout: float) -> None:
+        self.responder = responder
+        self.idle_timeout = idle_timeout
+        self.pending = 0
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.setTimeout(self.idle_timeout)
+
+    def stringReceived(self, data: bytes) -> None:  # noqa: N802
+        self.resetTimeout()
+        response = self.responder.respond(data, "tcp")
+        if response is None:
+            # RFC 7766 has no way to answer what we cannot read; a client that
+            # sends garbage over a stream loses the stream.
+            self.transport.loseConnection()
+            return
+        if not isinstance(response, defer.Deferred):
+            self.sendString(response)
+            return
+        self.pending += 1
+        if self.pending >= MAX_TCP_PENDING:
+            self.transport.pauseProducing()
+        response.addCallback(self._deliver)
+
+    def _deliver(self, response: bytes) -> None:
+        self.pending -= 1
+        if self.pending < MAX_TCP_PENDING:
+            self.transport.resumeProducing()
+        if self.transport.connected:
+            self.sendString(response)
+            self.resetTimeout()
+
+    def timeoutConnection(self) -> None:  # noqa: N802
+        if self.pending:
+            self.resetTimeout()  # still owe answers: keep the stream until they go out
+            return
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason=protocol.connectionDone) -> None:  # noqa: N802
+        self.setTimeout(None)
+
+
+class DNSStreamFactory(protocol.ServerFactory):
+    noisy = False
+
+    def __init__(self, responder: Responder, idle_timeout: float = TCP_IDLE_TIMEOUT) -> None:
+        self.responder = responder
+        self.idle_timeout = idle_timeout
+
+    def buildProtocol(self, addr) -> DNSStreamProtocol:  # noqa: N802
+        proto = DNSStreamProtocol(self.responder, self.idle_timeout)
+        proto.factory = self
+        return proto
+
+
+def listen_dns(reactor: IReactorUDP | IReactorTCP, responder: Responder, host: str, port: int,
+               idle_timeout: float = TCP_IDLE_TIMEOUT) -> tuple:
+    """Listen on UDP and TCP on one address; returns both listening ports."""
+    udp = reactor.listenUDP(port, DNSDatagramProtocol(responder), interface=host, maxPacketSize=65535)
+    tcp = reactor.listenTCP(udp.getHost().port if port == 0 else port,
+                            DNSStreamFactory(responder, idle_timeout), interface=host, backlog=128)
+    return udp, tcp
+
+
+def stop_listening(ports: tuple) -> defer.Deferred:
+    return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])

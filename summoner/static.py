@@ -1,0 +1,173 @@
+"""The static stage: authoritative answers from the zone files.
+
+Names outside every zone are not ours (``None``).  An in-zone name that does
+not exist gets a *tentative* NXDOMAIN so a later stage may still claim it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dnslib import QTYPE, RCODE, RR, DNSLabel
+
+from summoner.resolution import Answer, Query, name_key
+from summoner.zonefile import Zone, ZoneSet
+
+MAX_CNAME_HOPS = 8
+_ADDRESS_TYPES = (QTYPE.A, QTYPE.AAAA)
+
+
+@dataclass(frozen=True, slots=True)
+class _IndexedZone:
+    zone: Zone
+    existing: frozenset[str]  # owner names plus empty non-terminals (RFC 4592 2.2.2)
+    delegations: frozenset[str]  # names below the apex that carry NS records
+
+
+def _index(zone: Zone) -> _IndexedZone:
+    existing: set[str] = set()
+    for key in zone.records:
+        name = key
+        while True:
+            existing.add(name)
+            if name == zone.origin:
+                break
+            name = name.split(".", 1)[1]
+    delegations = frozenset(
+        key for key, rrs in zone.records.items()
+        if key != zone.origin and any(rr.rtype == QTYPE.NS for rr in rrs)
+    )
+    return _IndexedZone(zone, frozenset(existing), delegations)
+
+
+def negative_soa(zone: Zone) -> RR:
+    """The SOA for an authority section, with the RFC 2308 negative TTL."""
+    soa = zone.soa
+    return RR(soa.rname, QTYPE.SOA, ttl=zone.negative_ttl, rdata=soa.rdata)
+
+
+class StaticStage:
+    name = "static"
+
+    def __init__(self, zones: ZoneSet | None = None) -> None:
+        self._zones: dict[str, _IndexedZone] = {}
+        self.update(zones or ZoneSet())
+
+    def update(self, zones: ZoneSet) -> None:
+        # Build the whole index first and swap it in one assignment, so a
+        # query never sees half of an old and half of a new zone set.
+        self._zones = {origin: _index(zone) for origin, zone in zones.zones.items()}
+
+    def find_zone(self, key: str) -> tuple[str, RR] | None:
+        indexed = self._find(key)
+        return (indexed.zone.origin, negative_soa(indexed.zone)) if indexed else None
+
+    def _find(self, key: str) -> _IndexedZone | None:
+        zones = self._zones
+        while True:
+            indexed = zones.get(key)
+            if indexed is not None:
+                return indexed
+            dot = key.find(".")
+            if dot < 0:
+                return zones.get("")
+            key = key[dot + 1:]
+
+    def resolve(self, query: Query) -> Answer | None:
+        indexed = self._find(query.key)
+        if indexed is None:
+            return None
+        answer = Answer()
+        self._answer_name(indexed, query.name, query.key, query.qtype, answer, hops=0)
+        return answer
+
+    def _answer_name(self, indexed: _IndexedZone, name: DNSLabel, key: str, qtype: int,
+                     answer: Answer, hops: int) -> None:
+        zone = indexed.zone
+        referral = self._delegation_above(indexed, key)
+        if referral is not None:
+            self._refer(indexed, referral, answer)
+            return
+        rrs = zone.records.get(key)
+        if rrs is None and key not in indexed.existing:
+            rrs = self._wildcard(indexed, key)
+            if rrs is None:
+                answer.rcode = RCODE.NXDOMAIN
+                answer.authority.append(negative_soa(zone))
+                # Only the original name may be claimed by later stages; a
+                # dangling CNAME target is this zone's own answer.
+                answer.tentative = hops == 0
+                return
+        rrs = rrs or []
+        matching = [rr for rr in rrs if rr.rtype == qtype or qtype == QTYPE.ANY]
+        if not matching and qtype != QTYPE.CNAME:
+            cname = next((rr for rr in rrs if rr.rtype == QTYPE.CNAME), None)
+            if cname is not None:
+                answer.answer.append(_owned_by(cname, name))
+                self._follow(cname.rdata.label, qtype, answer, hops + 1)
+                return
+        if not matching:
+            answer.authority.append(negative_soa(zone))
+            return
+        answer.answer.extend(_owned_by(rr, name) for rr in matching)
+        self._add_glue(matching, answer)
+
+    def _follow(self, target: DNSLabel, qtype: int, answer: Answer, hops: int) -> None:
+        if hops > MAX_CNAME_HOPS:
+            return  # a loop or an absurd chain: hand back what we have
+        key = name_key(target)
+        indexed = self._find(key)
+        if indexed is None:
+            return  # leaves our authority: the client's resolver follows it
+        self._answer_name(indexed, target, key, qtype, answer, hops)
+
+    def _wildcard(self, indexed: _IndexedZone, key: str) -> list[RR] | None:
+        """RFC 4592: the source of synthesis is ``*.<closest encloser>``."""
+        origin = indexed.zone.origin
+        encloser = key
+        while encloser != origin:
+            encloser = encloser.split(".", 1)[1]
+            if encloser in indexed.existing:
+                return indexed.zone.records.get("*." + encloser)
+        return None
+
+    def _delegation_above(self, indexed: _IndexedZone, key: str) -> str | None:
+        if not indexed.delegations:
+            return None
+        origin = indexed.zone.origin
+        name = key
+        while name != origin and name:
+            if name in indexed.delegations:
+                return name
+            name = name.split(".", 1)[1] if "." in name else ""
+        return None
+
+    def _refer(self, indexed: _IndexedZone, cut: str, answer: Answer) -> None:
+        ns = [rr for rr in indexed.zone.records[cut] if rr.rtype == QTYPE.NS]
+        answer.authoritative = False
+        answer.authority.extend(ns)
+        self._add_glue(ns, answer)
+
+    def _add_glue(self, rrs: list[RR], answer: Answer) -> None:
+        """Addresses of in-zone targets (RFC 1034 4.3.2 step 6), saving a round trip."""
+        for rr in rrs:
+            if rr.rtype in (QTYPE.NS, QTYPE.MX):
+                target = rr.rdata.label
+            elif rr.rtype == QTYPE.SRV:
+                target = rr.rdata.target
+            else:
+                continue
+            key = name_key(target)
+            indexed = self._find(key)
+            if indexed is None:
+                continue
+            for glue in indexed.zone.records.get(key, ()):
+                if glue.rtype in _ADDRESS_TYPES and glue not in answer.additional:
+                    answer.additional.append(glue)
+
+
+def _owned_by(rr: RR, name: DNSLabel) -> RR:
+    """The record with the question's spelling of its owner (wildcards, case echo)."""
+    if rr.rname == name and str(rr.rname) == str(name) and not str(rr.rname).startswith("*"):
+        return rr
+    return RR(name, rr.rtype, rr.rclass, rr.ttl, rr.rdata)

@@ -1,0 +1,217 @@
+"""DNS wire format: from request bytes to response bytes, transport-agnostic.
+
+The hot path never parses: identical questions (everything after the 2-byte
+ID, EDNS options included) are answered from pre-encoded responses with the ID
+patched in.  Everything else is parsed with dnslib, validated, resolved through
+the stage chain and encoded, with RFC 6891 EDNS handling and UDP truncation.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSRecord
+from prometheus_client import Counter
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from summoner import metrics
+from summoner.resolution import Answer, Chain, Query, name_key, servfail
+
+log = Logger(namespace="summoner.wire")
+
+HEADER = struct.Struct("!HHHHHH")
+CLASSIC_UDP_SIZE = 512
+# RFC 9715 / DNS flag day 2020: 1232 bytes avoids IP fragmentation on most paths.
+SERVER_UDP_SIZE = 1232
+# No legitimate single-question query comes near this; larger is hostile.
+MAX_QUERY_SIZE = 4096
+OPT = 41
+BADVERS = 16
+_QR = 0x8000
+_AA = 0x0400
+_TC = 0x0200
+# Flags a response keeps from its query (RFC 1035 RD; RFC 4035 CD).
+_ECHOED = 0x0100 | 0x0010
+_META_TYPES = {QTYPE.AXFR, QTYPE.IXFR, 253, 254}  # zone transfers, MAILB, MAILA
+_KNOWN_TYPE_NAMES = frozenset(QTYPE.forward.values())
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    tail: bytes  # the encoded response without its ID
+    expires: float  # time.perf_counter() deadline; inf for answers that do not age
+    counter: Counter
+    on_hit: Callable[[], None] | None
+
+
+class RejectLog:
+    """One log line per class of rejected packet per interval, not one per packet."""
+
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def __call__(self, reason: str, detail: str) -> None:
+        metrics.REJECTED.labels(reason).inc()
+        now = self.clock()
+        last = self._last.get(reason)
+        if last is not None and now - last < self.interval:
+            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+            return
+        self._last[reason] = now
+        more = self._suppressed.pop(reason, 0)
+        log.warn("rejected packet ({reason}): {detail}{more}", reason=reason, detail=detail,
+                 more=f" ({more} more like it since the last report)" if more else "")
+
+
+class Responder:
+    """Turns request bytes into response bytes (or a Deferred of them, or None
+    when the packet deserves no answer at all)."""
+
+    def __init__(self, chain: Chain, cache_limit: int = 50_000) -> None:
+        self.chain = chain
+        self.cache_limit = cache_limit
+        self._caches: dict[str, dict[bytes, _Cached]] = {"udp": {}, "tcp": {}}
+        self._latency = {p: metrics.QUERY_SECONDS.labels(p) for p in self._caches}
+        self.reject = RejectLog()
+
+    def clear_cache(self) -> None:
+        """Forget every pre-encoded answer; stages call this when answers change."""
+        for cache in self._caches.values():
+            cache.clear()
+
+    def respond(self, data: bytes, protocol: str) -> bytes | defer.Deferred | None:
+        started = time.perf_counter()
+        entry = self._caches[protocol].get(data[2:])
+        if entry is not None and started < entry.expires:
+            if entry.on_hit is not None:
+                entry.on_hit()
+            entry.counter.inc()
+            self._latency[protocol].observe(time.perf_counter() - started)
+            return data[:2] + entry.tail
+        metrics.CACHE_MISSES.inc()
+        try:
+            return self._resolve(data, protocol, started)
+        except Exception:
+            # Nothing a client sends may escape as an exception: the transport
+            # would log and carry on, but the client deserves SERVFAIL.
+            log.failure("unexpected error answering a {protocol} packet", protocol=protocol)
+            return _header_only(data, RCODE.SERVFAIL)
+
+    def _resolve(self, data: bytes, protocol: str, started: float) -> bytes | defer.Deferred | None:
+        if len(data) < HEADER.size:
+            self.reject("short", f"{len(data)} bytes, no complete header")
+            return None
+        _id, flags, qdcount, _an, _ns, _ar = HEADER.unpack_from(data)
+        if flags & _QR:
+            self.reject("response", "a response arrived where queries are expected")
+            return None
+        if len(data) > MAX_QUERY_SIZE:
+            self.reject("oversized", f"{len(data)} bytes")
+            return self._error(data, RCODE.FORMERR, protocol, started)
+        opcode = (flags >> 11) & 0xF
+        if opcode != 0:
+            self.reject("opcode", f"opcode {opcode} is not implemented")
+            return self._error(data, RCODE.NOTIMP, protocol, started)
+        if qdcount != 1:
+            self.reject("qdcount", f"{qdcount} questions (exactly one is allowed)")
+            return self._error(data, RCODE.FORMERR, protocol, started)
+        try:
+            request = DNSRecord.parse(data)
+        except Exception as exc:  # dnslib raises DNSError, struct.error, UnicodeError...
+            self.reject("malformed", str(exc)[:120])
+            return self._error(data, RCODE.FORMERR, protocol, started)
+        opts = [rr for rr in request.ar if rr.rtype == OPT]
+        if len(opts) > 1:
+            self.reject("malformed", "more than one OPT record")
+            return self._error(data, RCODE.FORMERR, protocol, started)
+        opt = opts[0] if opts else None
+        question = request.q
+        if opt is not None and (opt.ttl >> 16) & 0xFF != 0:
+            return self._finish(data, request, protocol, started,
+                                Answer(rcode=BADVERS, authoritative=False), opt)
+        if question.qclass != 1 and question.qclass != 255:
+            return self._finish(data, request, protocol, started,
+                                Answer(rcode=RCODE.REFUSED, authoritative=False), opt)
+        if question.qtype in _META_TYPES:
+            return self._finish(data, request, protocol, started,
+                                Answer(rcode=RCODE.NOTIMP, authoritative=False), opt)
+        query = Query(question.qname, question.qtype, question.qclass, name_key(question.qname), protocol)
+        result = self.chain.resolve(query)
+        if isinstance(result, defer.Deferred):
+            return result.addErrback(self._chain_failed).addCallback(
+                lambda answer: self._finish(data, request, protocol, started, answer, opt))
+        return self._finish(data, request, protocol, started, result, opt)
+
+    def _chain_failed(self, failure) -> Answer:
+        log.failure("resolution failed", failure)
+        return servfail()
+
+    def _finish(self, data: bytes, request: DNSRecord, protocol: str, started: float,
+                answer: Answer, opt) -> bytes:
+        flags = HEADER.unpack_from(data)[1]
+        extended, rcode = divmod(answer.rcode, 16)
+        header = DNSHeader(id=request.header.id, bitmap=_QR | (flags & _ECHOED) | rcode)
+        if answer.authoritative:
+            header.bitmap |= _AA
+        response = DNSRecord(header, q=request.q, rr=list(answer.answer),
+                             auth=list(answer.authority), ar=list(answer.additional))
+        limit = 65535
+        if opt is not None:
+            response.add_ar(EDNS0(udp_len=SERVER_UDP_SIZE, ext_rcode=extended))
+            if protocol == "udp":
+                limit = min(max(opt.rclass, CLASSIC_UDP_SIZE), SERVER_UDP_SIZE)
+        elif protocol == "udp":
+            limit = CLASSIC_UDP_SIZE
+        packed = bytes(response.pack())
+        if len(packed) > limit:
+            packed = self._truncated(request, header, opt, extended)
+        qtype = QTYPE.get(request.q.qtype, "other")
+        counter = metrics.QUERIES.labels(protocol, qtype if qtype in _KNOWN_TYPE_NAMES else "other",
+                                         _rcode_name(answer.rcode))
+        counter.inc()
+        if answer.on_hit is not None:
+            answer.on_hit()
+        if answer.cacheable:
+            cache = self._caches[protocol]
+            if len(cache) >= self.cache_limit:
+                cache.clear()  # cheaper than LRU bookkeeping on every hit
+            lifetime = answer.cache_seconds
+            expires = started + lifetime if lifetime is not None else math.inf
+            cache[data[2:]] = _Cached(packed[2:], expires, counter, answer.on_hit)
+        self._latency[protocol].observe(time.perf_counter() - started)
+        return packed
+
+    def _truncated(self, request: DNSRecord, header: DNSHeader, opt, extended: int) -> bytes:
+        """RFC 2181 9: nothing partial; the client retries over TCP (RFC 7766)."""
+        metrics.TRUNCATED.inc()
+        header = DNSHeader(id=header.id, bitmap=header.bitmap | _TC)
+        response = DNSRecord(header, q=request.q)
+        if opt is not None:
+            response.add_ar(EDNS0(udp_len=SERVER_UDP_SIZE, ext_rcode=extended))
+        return bytes(response.pack())
+
+    def _error(self, data: bytes, rcode: int, protocol: str, started: float) -> bytes:
+        metrics.QUERIES.labels(protocol, "other", _rcode_name(rcode)).inc()
+        self._latency[protocol].observe(time.perf_counter() - started)
+        return _header_only(data, rcode)
+
+
+def _header_only(data: bytes, rcode: int) -> bytes:
+    """An error response carrying only the request's ID, opcode and RD bit,
+    for requests whose body cannot be trusted."""
+    _id, flags, *_ = HEADER.unpack_from(data)
+    return HEADER.pack(_id, _QR | (flags & 0x7900) | rcode, 0, 0, 0, 0)
+
+
+def _rcode_name(rcode: int) -> str:
+    if rcode == BADVERS:
+        return "BADVERS"
+    return RCODE.get(rcode, str(rcode))

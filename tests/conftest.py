@@ -1,0 +1,165 @@
+"""Fixtures that run the real ``summoner serve`` and talk to it as clients do."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rdatatype
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_ZONES = ROOT / "zones"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on ``host``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(50):
+        with socket.socket(family, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port = tcp.getsockname()[1]
+            try:
+                with socket.socket(family, socket.SOCK_DGRAM) as udp:
+                    udp.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
+@dataclass
+class Server:
+    host: str
+    port: int
+    metrics_port: int
+    process: subprocess.Popen
+    log_path: Path
+    zones: Path
+    args: list[str] = field(default_factory=list)
+
+    def query(self, name: str, rdtype: str = "A", tcp: bool = False, timeout: float = 5.0,
+              **kwargs) -> dns.message.Message:
+        message = dns.message.make_query(name, rdtype, **kwargs)
+        if tcp:
+            return dns.query.tcp(message, self.host, port=self.port, timeout=timeout)
+        return dns.query.udp(message, self.host, port=self.port, timeout=timeout, ignore_trailing=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def metrics(self) -> str:
+        import urllib.request
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as reply:
+            return reply.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` whose labels include ``labels``."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if not line.startswith(name + "{") and not line.startswith(name + " "):
+                continue
+            sample, _, value = line.rpartition(" ")
+            if all(f'{k}="{v}"' in sample for k, v in labels.items()):
+                total += float(value)
+        return total
+
+    def signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def summoner_command() -> list[str]:
+    return [sys.executable, "-m", "summoner"]
+
+
+def wait_until_answering(server: Server, deadline: float = 20.0) -> None:
+    start = time.monotonic()
+    while time.monotonic() - start < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"summoner exited with {server.process.returncode}:\n{server.log()}")
+        try:
+            server.query(".", "SOA", timeout=0.3)
+            return
+        except (dns.exception.Timeout, OSError):
+            time.sleep(0.05)
+    raise RuntimeError(f"summoner did not answer within {deadline}s:\n{server.log()}")
+
+
+@pytest.fixture
+def start_server(tmp_path_factory) -> Iterator:
+    """Start ``summoner serve`` with a zone directory (copied, so tests may edit it)."""
+    servers: list[Server] = []
+
+    def start(zones: Path = EXAMPLE_ZONES, *extra: str, host: str = "127.0.0.1",
+              copy_zones: bool = True, wait: bool = True) -> Server:
+        workdir = tmp_path_factory.mktemp("summoner")
+        zone_dir = workdir / "zones"
+        if copy_zones:
+            shutil.copytree(zones, zone_dir)
+        else:
+            zone_dir = zones
+        port = free_port(host)
+        metrics_port = free_port()
+        listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        args = ["serve", "--listen", listen, "--zones", str(zone_dir),
+                "--metrics", f"127.0.0.1:{metrics_port}", *extra]
+        log_path = workdir / "summoner.log"
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen(summoner_command() + args, stdout=log_file, stderr=subprocess.STDOUT,
+                                       cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        server = Server(host, port, metrics_port, process, log_path, zone_dir, args)
+        servers.append(server)
+        if wait:
+            wait_until_answering(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def example_server(tmp_path_factory) -> Iterator[Server]:
+    """One server on the shipped example zones plus the test zones, shared by a module."""
+    workdir = tmp_path_factory.mktemp("example")
+    zone_dir = workdir / "zones"
+    shutil.copytree(EXAMPLE_ZONES, zone_dir)
+    for path in (ROOT / "tests" / "zones" / "good").glob("*.zone"):
+        shutil.copy(path, zone_dir)
+    port, metrics_port = free_port(), free_port()
+    log_path = workdir / "summoner.log"
+    args = ["serve", "--listen", f"127.0.0.1:{port}", "--zones", str(zone_dir),
+            "--metrics", f"127.0.0.1:{metrics_port}", "--tcp-idle-timeout", "2"]
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(summoner_command() + args, stdout=log_file, stderr=subprocess.STDOUT,
+                                   cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    server = Server("127.0.0.1", port, metrics_port, process, log_path, zone_dir, args)
+    try:
+        wait_until_answering(server)
+        yield server
+    finally:
+        server.stop()
+
+
+# The Arrowhead core double and its PKI (tests/arrowhead_double).
+pytest_plugins = ["tests.arrowhead_double.fixtures"]

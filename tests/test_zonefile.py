@@ -1,0 +1,127 @@
+"""Zone files: what summoner accepts, named-checkzone accepts; what it rejects, named-checkzone rejects."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dnslib import QTYPE
+
+from summoner.zonefile import ZoneError, load_zone_dir, parse_zone_file, parse_zone_text, zone_name_for
+
+ROOT = Path(__file__).resolve().parent.parent
+GOOD = sorted((ROOT / "tests" / "zones" / "good").glob("*.zone")) + [ROOT / "zones" / "example.org.zone"]
+BAD = sorted((ROOT / "tests" / "zones" / "bad").glob("*.zone"))
+# named-checkzone only warns about (and drops) out-of-zone data; summoner
+# refuses it, because silently dropping an admin's record hides a typo.
+NAMED_WARNS_ONLY = {"out-of-zone": "ignoring out-of-zone data"}
+
+needs_named = pytest.mark.skipif(shutil.which("named-checkzone") is None,
+                                 reason="named-checkzone (bind9-utils) is not installed")
+
+
+def named_checkzone(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["named-checkzone", zone_name_for(path), str(path)],
+                          capture_output=True, text=True, timeout=30)
+
+
+@needs_named
+@pytest.mark.parametrize("path", GOOD, ids=lambda p: p.name)
+def test_accepted_zones_are_accepted_by_named_checkzone(path: Path) -> None:
+    zone = parse_zone_file(path)
+    assert zone.record_count > 0
+    result = named_checkzone(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_named
+@pytest.mark.parametrize("path", BAD, ids=lambda p: p.name)
+def test_rejected_zones_are_rejected_by_both(path: Path) -> None:
+    with pytest.raises(ZoneError) as caught:
+        parse_zone_file(path)
+    for problem in caught.value.problems:
+        file_part, line, reason = problem.split(":", 2)
+        assert file_part == str(path) and line.isdigit() and reason.strip()
+    result = named_checkzone(path)
+    warning = NAMED_WARNS_ONLY.get(path.stem)
+    if warning:
+        assert warning in result.stdout + result.stderr
+    else:
+        assert result.returncode != 0, result.stdout
+
+
+@pytest.mark.parametrize(("stem", "line", "words"), [
+    ("dup-soa", 5, "duplicate SOA"),
+    ("cname-and-data", 6, "CNAME and other data"),
+    ("unknown-type", 5, "unknown record type FOO"),
+    ("bad-ttl", 5, "TTL"),
+    ("bad-ttl-unit", 5, "bad TTL"),
+    ("bad-address", 5, "invalid address"),
+    ("unbalanced", 5, "unbalanced"),
+    ("out-of-zone", 5, "outside the zone"),
+    ("no-soa", 1, "TTL"),
+])
+def test_errors_name_the_line_and_the_reason(stem: str, line: int, words: str) -> None:
+    path = ROOT / "tests" / "zones" / "bad" / f"{stem}.zone"
+    with pytest.raises(ZoneError) as caught:
+        parse_zone_file(path)
+    assert f"{path}:{line}: " in caught.value.problems[0]
+    assert words in caught.value.problems[0]
+
+
+def test_master_file_features() -> None:
+    zone = parse_zone_file(ROOT / "tests" / "zones" / "good" / "wild.test.zone")
+    assert zone.origin == "wild.test"
+    assert zone.soa.rdata.times == (2026112701, 7200, 1800, 604800, 120)
+    assert zone.negative_ttl == 120
+    ns2 = {rr.rtype: rr for rr in zone.records["ns2.wild.test"]}
+    assert ns2[QTYPE.A].ttl == 3600 and ns2[QTYPE.AAAA].ttl == 3600  # TTL/class in both orders
+    assert zone.records["exists.wild.test"][0].ttl == 3600  # $TTL 1h
+    assert "relative.other.wild.test" in zone.records  # $ORIGIN switch
+    quote = zone.records["quote.wild.test"][0].rdata.data
+    assert quote == [b"semi;colon", b'with "quotes"', b"tab\tend"]
+    srv = zone.records["_sip._udp.wild.test"][0].rdata
+    assert str(srv.target) == "exists.wild.test." and srv.port == 5060
+
+
+def test_record_without_ttl_or_soa_minimum() -> None:
+    zone = parse_zone_text("@ IN SOA ns hm 1 2 3 4 77\n IN NS ns\nns IN A 127.0.0.1\n", "t", Path("t.zone"))
+    assert zone.records["ns.t"][0].ttl == 77  # RFC 1035: the SOA minimum when there is no $TTL
+
+
+def test_check_command_reports_every_error_and_fails(tmp_path: Path) -> None:
+    for path in BAD:
+        shutil.copy(path, tmp_path)
+    result = subprocess.run([sys.executable, "-m", "summoner", "check", "--zones", str(tmp_path)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) >= len(BAD)
+    for path in BAD:
+        assert any(line.startswith(f"{tmp_path / path.name}:") for line in lines), path.name
+
+
+def test_check_command_passes_the_shipped_zones() -> None:
+    result = subprocess.run([sys.executable, "-m", "summoner", "check", "--zones", "zones"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "example.org" in result.stdout
+
+
+def test_serve_refuses_to_start_on_an_invalid_zone(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "tests" / "zones" / "bad" / "dup-soa.zone", tmp_path)
+    result = subprocess.run([sys.executable, "-m", "summoner", "serve", "--zones", str(tmp_path), "--listen",
+                             "127.0.0.1:0", "--no-metrics"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 1
+    assert f"{tmp_path / 'dup-soa.zone'}:5: duplicate SOA" in result.stderr
+
+
+def test_two_files_for_one_zone_are_rejected(tmp_path: Path) -> None:
+    (tmp_path / "a.zone").write_text("$ORIGIN a.\n@ 60 IN SOA ns hm 1 2 3 4 5\n@ 60 IN NS ns\nns 60 IN A 127.0.0.1\n")
+    load_zone_dir(tmp_path)  # one file is fine
+    (tmp_path / "A.zone").write_text((tmp_path / "a.zone").read_text())
+    with pytest.raises(ZoneError, match="also served from"):
+        load_zone_dir(tmp_path)
