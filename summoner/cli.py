@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from summoner import __version__
+from summoner.arrowhead.config import ArrowheadConfigError, config_from_args
+from summoner.arrowhead.config import add_cli_arguments as add_arrowhead_arguments
 from summoner.zonefile import ZoneError, load_zone_dir
 
 
@@ -45,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="close idle DNS TCP connections after this long (default 10)")
     serve.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
                        help="how often the zone directory is checked for changes (default 1)")
+    add_arrowhead_arguments(serve)
     serve.set_defaults(run=run_serve)
 
     check = commands.add_parser("check", help="validate zone files and exit")
@@ -76,7 +79,18 @@ def run_serve(args: argparse.Namespace) -> int:
         metrics=None if args.no_metrics else args.metrics,
         tcp_idle_timeout=args.tcp_idle_timeout, reload_interval=args.reload_interval,
     )
+    try:
+        arrowhead_config = config_from_args(args)
+    except ArrowheadConfigError as exc:
+        print(f"summoner: not starting: Arrowhead: {exc}", file=sys.stderr)
+        return 2
     app = App(config, reactor)
+    arrowhead = None
+    if arrowhead_config is not None:
+        from summoner.arrowhead import build
+
+        arrowhead = build(arrowhead_config, app.static.find_zone, reactor)
+        app.chain.stages.append(arrowhead.stage)  # after static (and on-demand): it takes what they leave
     try:
         app.load_initial_zones()
     except ZoneError as exc:
@@ -91,6 +105,10 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"summoner: cannot listen: {exc}", file=sys.stderr)
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", app.stop)
+    if arrowhead is not None:
+        arrowhead.update_services([])  # on-demand hosts are published once their parsing lands
+        arrowhead.start()
+        reactor.addSystemEventTrigger("before", "shutdown", arrowhead.stop)
     reactor.run()
     return 0
 

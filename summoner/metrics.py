@@ -33,8 +33,9 @@ REJECTED = Counter(
 TRUNCATED = Counter(
     "summoner_dns_truncated_responses_total", "UDP answers sent with TC set because they did not fit.",
 )
-RESPONSE_CACHE = Counter(
-    "summoner_dns_response_cache_total", "Lookups of pre-encoded answers, by result.", ["result"],
+CACHE_MISSES = Counter(
+    "summoner_dns_response_cache_misses_total",
+    "Queries not answered from pre-encoded responses (the rest of summoner_dns_queries_total were).",
 )
 ZONE_RELOADS = Counter(
     "summoner_zone_reloads_total", "Zone set loads, by result (success, failure).", ["result"],
@@ -47,8 +48,6 @@ LAST_RELOAD = Gauge(
 
 for _result in ("success", "failure"):
     ZONE_RELOADS.labels(_result)
-for _result in ("hit", "miss"):
-    RESPONSE_CACHE.labels(_result)
 
 
 def metrics_resource(registry: CollectorRegistry = REGISTRY) -> Resource:

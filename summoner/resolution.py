@@ -59,6 +59,8 @@ class Answer:
     ``cacheable`` tells the wire layer it may keep the encoded response and
     replay it for identical questions until the cache is cleared; a stage whose
     answers change (a VM that stops) must clear the cache when they do.
+    ``cache_seconds`` bounds how long that replay may last, for answers whose
+    TTLs count down (None: until the cache is cleared).
     ``on_hit`` is called for every query answered, cached replays included, so
     that a stage can keep counting demand (idle reaping needs that).
     """
@@ -70,6 +72,7 @@ class Answer:
     authoritative: bool = True
     tentative: bool = False
     cacheable: bool = True
+    cache_seconds: float | None = None
     on_hit: Callable[[], None] | None = None
 
 

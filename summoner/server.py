@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IReactorTCP, IReactorUDP
 from twisted.logger import Logger
@@ -13,7 +15,8 @@ from summoner.wire import Responder
 log = Logger(namespace="summoner.server")
 
 TCP_IDLE_TIMEOUT = 10.0  # RFC 7766 6.2.3 suggests seconds, not minutes
-MAX_TCP_PENDING = 64  # answers in flight per connection before we stop reading
+MAX_TCP_PENDING = 64
+UDP_BUFFER_BYTES = 4 * 1024 * 1024  # answers in flight per connection before we stop reading
 
 
 class DNSDatagramProtocol(protocol.DatagramProtocol):
@@ -21,6 +24,20 @@ class DNSDatagramProtocol(protocol.DatagramProtocol):
 
     def __init__(self, responder: Responder) -> None:
         self.responder = responder
+        self._sendto = None
+
+    def startProtocol(self) -> None:  # noqa: N802
+        handle = self.transport.getHandle()
+        # Bursts (many clients retrying at once) overflow the default ~200 KB
+        # receive buffer long before the CPU is the limit.
+        try:
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER_BYTES)
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_BUFFER_BYTES)
+        except OSError as exc:
+            log.warn("could not enlarge UDP socket buffers: {exc}", exc=exc)
+        # The port's write() re-validates the address string on every call; the
+        # address came from recvfrom, so the hot path sends on the socket itself.
+        self._sendto = handle.sendto
 
     def datagramReceived(self, data: bytes, addr) -> None:  # noqa: N802 (Twisted's name)
         response = self.responder.respond(data, "udp")
@@ -33,7 +50,7 @@ class DNSDatagramProtocol(protocol.DatagramProtocol):
 
     def _send(self, response: bytes, addr) -> None:
         try:
-            self.transport.write(response, addr)
+            self._sendto(response, addr)
         except OSError as exc:  # a full socket buffer or a vanished route: drop, as UDP does
             log.debug("UDP send to {addr} failed: {exc}", addr=addr, exc=exc)
 

@@ -8,6 +8,7 @@ the stage chain and encoded, with RFC 6891 EDNS handling and UDP truncation.
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 from collections.abc import Callable
@@ -43,6 +44,7 @@ _KNOWN_TYPE_NAMES = frozenset(QTYPE.forward.values())
 @dataclass(frozen=True, slots=True)
 class _Cached:
     tail: bytes  # the encoded response without its ID
+    expires: float  # time.perf_counter() deadline; inf for answers that do not age
     counter: Counter
     on_hit: Callable[[], None] | None
 
@@ -78,8 +80,6 @@ class Responder:
         self.cache_limit = cache_limit
         self._caches: dict[str, dict[bytes, _Cached]] = {"udp": {}, "tcp": {}}
         self._latency = {p: metrics.QUERY_SECONDS.labels(p) for p in self._caches}
-        self._cache_hits = metrics.RESPONSE_CACHE.labels("hit")
-        self._cache_misses = metrics.RESPONSE_CACHE.labels("miss")
         self.reject = RejectLog()
 
     def clear_cache(self) -> None:
@@ -90,14 +90,13 @@ class Responder:
     def respond(self, data: bytes, protocol: str) -> bytes | defer.Deferred | None:
         started = time.perf_counter()
         entry = self._caches[protocol].get(data[2:])
-        if entry is not None:
+        if entry is not None and started < entry.expires:
             if entry.on_hit is not None:
                 entry.on_hit()
             entry.counter.inc()
-            self._cache_hits.inc()
             self._latency[protocol].observe(time.perf_counter() - started)
             return data[:2] + entry.tail
-        self._cache_misses.inc()
+        metrics.CACHE_MISSES.inc()
         try:
             return self._resolve(data, protocol, started)
         except Exception:
@@ -184,7 +183,9 @@ class Responder:
             cache = self._caches[protocol]
             if len(cache) >= self.cache_limit:
                 cache.clear()  # cheaper than LRU bookkeeping on every hit
-            cache[data[2:]] = _Cached(packed[2:], counter, answer.on_hit)
+            lifetime = answer.cache_seconds
+            expires = started + lifetime if lifetime is not None else math.inf
+            cache[data[2:]] = _Cached(packed[2:], expires, counter, answer.on_hit)
         self._latency[protocol].observe(time.perf_counter() - started)
         return packed
 

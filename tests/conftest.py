@@ -159,3 +159,7 @@ def example_server(tmp_path_factory) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+
+
+# The Arrowhead core double and its PKI (tests/arrowhead_double).
+pytest_plugins = ["tests.arrowhead_double.fixtures"]

@@ -1,0 +1,367 @@
+"""The Arrowhead resolution stage: names summoner does not hold, answered by
+a dynamic orchestration.
+
+This stage keeps its own TTL-bounded cache of orchestration results and
+answers a cache hit synchronously.  Rendered answers may be replayed by the
+wire layer for at most ``WIRE_CACHE_SECONDS``, so a hit costs what a static
+record costs while the TTL a client sees is never more than that stale.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dnslib import AAAA, CNAME, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSLabel
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from summoner.arrowhead import metrics
+from summoner.arrowhead.client import (
+    ArrowheadClient,
+    ArrowheadError,
+    ArrowheadHTTPError,
+    ArrowheadTimeoutError,
+    Provider,
+    SystemRef,
+)
+from summoner.arrowhead.config import ArrowheadConfig, ServiceMapping, valid_name
+from summoner.resolution import Answer, Query, servfail
+
+# How long the wire layer may replay an encoded answer: bounds how stale the
+# TTL inside it can get, and how late a changed provider is noticed.
+WIRE_CACHE_SECONDS = 1.0
+
+log = Logger(namespace="summoner.arrowhead")
+
+FindZone = Callable[[str], "tuple[str, RR] | None"]
+
+
+class CircuitBreaker:
+    """closed → (``threshold`` consecutive failures) → open → (``cooldown``) →
+    half-open: one probe call goes through; its outcome closes or re-opens."""
+
+    def __init__(self, threshold: int, cooldown: float, clock: Callable[[], float]) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self._clock = clock
+        self.state = "closed"
+        self.failures = 0
+        self.opened_at = 0.0
+
+    def allow(self) -> bool:
+        if self.state == "closed":
+            return True
+        if self.state == "open" and self._clock() - self.opened_at >= self.cooldown:
+            self.state = "half-open"
+            return True
+        return False  # open and cooling down, or a probe already in flight
+
+    def succeeded(self) -> None:
+        if self.state != "closed":
+            log.info("Arrowhead Orchestrator answers again; circuit closed")
+        self.state, self.failures = "closed", 0
+
+    def failed(self) -> None:
+        self.failures += 1
+        if self.state == "half-open" or self.failures >= self.threshold:
+            if self.state != "open":
+                log.warn("Arrowhead Orchestrator failed {n} time(s) in a row; circuit open, answering SERVFAIL "
+                         "for {s:g} s before probing again", n=self.failures, s=self.cooldown)
+            self.state, self.opened_at = "open", self._clock()
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """What a query name means to this stage."""
+
+    soa: RR                 # for NXDOMAIN/NODATA authority sections
+    service: str | None     # service definition; None for a domain apex
+    mapping: ServiceMapping
+    srv_target: str | None  # for _svc._tcp names: the host name SRV records point at
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    expires: float
+    providers: tuple[Provider, ...]  # empty: negative entry
+
+
+class ArrowheadStage:
+    """A resolution stage; see the module docstring."""
+
+    name = "arrowhead"
+
+    def __init__(self, config: ArrowheadConfig, client: ArrowheadClient, find_zone: FindZone,
+                 requester: SystemRef, reactor: Any) -> None:
+        self.config = config
+        self._client = client
+        self._find_zone = find_zone
+        self._requester = requester.dto()
+        self._reactor = reactor
+        self.circuit = CircuitBreaker(config.circuit_threshold, config.circuit_cooldown, reactor.seconds)
+        self._cache: dict[tuple[str, str], _Entry] = {}
+        self._inflight: dict[tuple[str, str], list[defer.Deferred]] = {}
+        self._soas: dict[str, RR] = {}
+        self.last_error: str | None = None
+        self.last_success: float | None = None
+        #: called when the Orchestrator no longer knows summoner's system (a
+        #: Service Registry whose database was reset); the publisher re-registers
+        self.on_unknown_requester: Callable[[], None] | None = None
+
+    # -- the stage interface
+
+    def resolve(self, query: Query) -> Answer | None | defer.Deferred:
+        target = self._target(query.key)
+        if target is None:
+            return None
+        if target.service is None:
+            return self._apex(query, target)
+        if self.config.orchestrator_url is None:
+            return None
+        if not target.service:
+            return self._render(query, target, (), target.soa.ttl)
+        key = (target.service, target.mapping.suffix)
+        entry = self._cache.get(key)
+        now = self._reactor.seconds()
+        if entry is not None:
+            if entry.expires > now:
+                return self._render(query, target, entry.providers, entry.expires - now, fresh=False)
+            del self._cache[key]
+        waiting: defer.Deferred = defer.Deferred()
+        waiters = self._inflight.get(key)
+        if waiters is not None:
+            waiters.append(waiting)  # one orchestration call per name, however many ask
+        elif not self.circuit.allow():
+            metrics.LOOKUPS.labels("circuit_open").inc()
+            return servfail()
+        else:
+            self._inflight[key] = [waiting]
+            self._orchestrate(key, target)
+        return waiting.addCallbacks(self._answer, self._failed, callbackArgs=(query, target))
+
+    # -- names
+
+    def _target(self, key: str) -> _Target | None:
+        zone = self._find_zone(key)
+        domain = self._domain_of(key)
+        if zone is not None:
+            origin, soa = zone
+            if key == origin or (domain is None and not self.config.zone_names):
+                return None  # a zone apex, or in-zone names are not ours to take
+        elif domain is not None:
+            origin, soa = domain, self._synthetic_soa(domain)
+        else:
+            return None
+        mapping = self.config.mapping_for(key)
+        if key == domain:
+            return _Target(soa, None, mapping, None)
+        labels = key.split(".")
+        first, srv_target = labels[0], None
+        if len(labels) > 2 and first.startswith("_") and labels[1] in ("_tcp", "_udp"):
+            first = first[1:]
+            srv_target = ".".join([first, *labels[2:]])
+        service = mapping.service or first
+        # A label that cannot be an Arrowhead service definition gets an
+        # NXDOMAIN without bothering the Orchestrator.
+        return _Target(soa, service if valid_name(service) else "", mapping, srv_target)
+
+    def _domain_of(self, key: str) -> str | None:
+        best = None
+        for domain in self.config.domains:
+            if (key == domain or key.endswith("." + domain)) and (best is None or len(domain) > len(best)):
+                best = domain
+        return best
+
+    def _synthetic_soa(self, domain: str) -> RR:
+        soa = self._soas.get(domain)
+        if soa is None:
+            negative = min(self.config.ttl, 300)
+            soa = RR(domain + ".", QTYPE.SOA, ttl=negative, rdata=SOA(
+                domain + ".", "hostmaster." + domain + ".", (1, 3600, 600, 86400, negative)))
+            self._soas[domain] = soa
+        return soa
+
+    def _apex(self, query: Query, target: _Target) -> Answer:
+        answer = [target.soa] if query.qtype in (QTYPE.SOA, QTYPE.ANY) else []
+        return Answer(answer=answer, authority=[] if answer else [target.soa], cacheable=False)
+
+    # -- orchestration
+
+    def _form(self, target: _Target) -> dict[str, Any]:
+        mapping, config = target.mapping, self.config
+        metadata_search = config.metadata_search if config.metadata_search is not None else bool(mapping.metadata)
+        return {
+            "requesterSystem": self._requester,
+            "requesterCloud": None,
+            "requestedService": {
+                "serviceDefinitionRequirement": target.service,
+                "interfaceRequirements": list(mapping.interfaces) or None,
+                "securityRequirements": list(mapping.security) or None,
+                "metadataRequirements": dict(mapping.metadata) or None,
+                "versionRequirement": mapping.version,
+                "minVersionRequirement": None,
+                "maxVersionRequirement": None,
+                "providerAddressTypeRequirements": None,
+                "pingProviders": config.ping_providers,
+            },
+            # Every flag upstream knows, explicitly: all default to false there,
+            # and overrideStore=false would mean an Orchestrator-Store lookup.
+            "orchestrationFlags": {
+                "matchmaking": config.matchmaking, "metadataSearch": metadata_search, "onlyPreferred": False,
+                "pingProviders": config.ping_providers, "overrideStore": True, "triggerInterCloud": False,
+                "externalServiceRequest": False, "enableInterCloud": config.intercloud, "enableQoS": False,
+                "onlyIPAddressResponse": False, "onlyIPv4AddressResponse": False, "onlyIPv6AddressResponse": False,
+            },
+            "preferredProviders": [],
+            "commands": {},
+            "qosRequirements": {},
+        }
+
+    def _orchestrate(self, key: tuple[str, str], target: _Target) -> None:
+        started = time.perf_counter()
+        d = self._client.orchestrate(self._form(target), timeout=self.config.deadline)
+
+        def done(providers: list[Provider]) -> None:
+            metrics.LOOKUP_SECONDS.observe(time.perf_counter() - started)
+            self.circuit.succeeded()
+            self.last_success = self._reactor.seconds()
+            expires = (self._reactor.seconds() + self.config.ttl if providers else self._negative_expiry(target))
+            self._settle(key, tuple(providers), expires)
+
+        def failed(failure: Any) -> None:
+            metrics.LOOKUP_SECONDS.observe(time.perf_counter() - started)
+            error = failure.value
+            if not isinstance(error, ArrowheadError):
+                log.failure("Arrowhead lookup of {service} failed", failure, service=target.service)
+                self.circuit.failed()
+            elif error.unhealthy:
+                self.circuit.failed()
+            else:
+                self.circuit.succeeded()  # it answered, only not to our liking
+            self.last_error = str(error)
+            if _unknown_requester(error) and self.on_unknown_requester is not None:
+                self.on_unknown_requester()
+            log.warn("Arrowhead lookup of service {service} failed: {error}{hint}",
+                     service=target.service, error=error, hint=_hint(error))
+            for waiting in self._inflight.pop(key, []):
+                waiting.errback(failure)
+
+        d.addCallbacks(done, failed)
+
+    def _negative_expiry(self, target: _Target) -> float:
+        # RFC 2308: negative answers live for min(SOA TTL, SOA minimum).
+        return self._reactor.seconds() + min(target.soa.ttl, target.soa.rdata.times[4])
+
+    def _settle(self, key: tuple[str, str], providers: tuple[Provider, ...], expires: float) -> None:
+        self._cache[key] = _Entry(expires, providers)
+        for waiting in self._inflight.pop(key, []):
+            waiting.callback(_Entry(expires, providers))
+
+    def _answer(self, result: _Entry, query: Query, target: _Target) -> Answer:
+        answer = self._render(query, target, result.providers, result.expires - self._reactor.seconds(),
+                              fresh=True)
+        metrics.LOOKUPS.labels("answer" if result.providers else "nxdomain").inc()
+        return answer
+
+    # -- answers
+
+    def _render(self, query: Query, target: _Target, providers: tuple[Provider, ...], remaining: float,
+                fresh: bool = False) -> Answer:
+        # The TTL never outlives the cache entry behind it.
+        ttl = max(1, min(self.config.ttl, int(remaining)))
+        replay = min(WIRE_CACHE_SECONDS, max(remaining, 0.0))
+        # Every delivery of this answer, wire-level replays included, is a
+        # cache hit, except the first delivery of a fresh orchestration result.
+        count = metrics.CACHE_HITS.labels("positive" if providers else "negative").inc
+        on_hit = _after_first(count) if fresh else count
+        soa = RR(target.soa.rname, QTYPE.SOA, ttl=min(ttl, target.soa.ttl), rdata=target.soa.rdata)
+        if not providers:
+            return Answer(rcode=RCODE.NXDOMAIN, authority=[soa], cacheable=True, cache_seconds=replay, on_hit=on_hit)
+        name, qtype = query.name, query.qtype
+        records: list[RR] = []
+        additional: list[RR] = []
+        if target.srv_target is not None:
+            if qtype in (QTYPE.SRV, QTYPE.ANY):
+                weight = 0 if len(providers) == 1 else 1
+                for provider in providers:
+                    host = provider.address if provider.ip is None else target.srv_target
+                    records.append(RR(name, QTYPE.SRV, ttl=ttl, rdata=SRV(0, weight, provider.port, host + ".")))
+                    if provider.ip is not None:
+                        additional.append(_address_rr(target.srv_target + ".", provider, ttl))
+        elif qtype in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
+            wanted = {QTYPE.A: (4,), QTYPE.AAAA: (6,)}.get(qtype, (4, 6))
+            records = [_address_rr(name, p, ttl) for p in providers if p.ip is not None and p.ip.version in wanted]
+            if not records:
+                records = _cname(name, providers, ttl)
+        elif qtype == QTYPE.CNAME:
+            records = _cname(name, providers, ttl)
+        elif qtype == QTYPE.TXT:
+            records = [RR(name, QTYPE.TXT, ttl=ttl, rdata=TXT([
+                f"provider={p.system_name}", f"port={p.port}", f"uri={p.service_uri}",
+                f"secure={p.secure}", "interfaces=" + ",".join(p.interfaces)])) for p in providers]
+        if records:
+            return Answer(answer=records, additional=additional, cacheable=True, cache_seconds=replay, on_hit=on_hit)
+        return Answer(authority=[soa], cacheable=True, cache_seconds=replay, on_hit=on_hit)  # NODATA
+
+    # -- errors reach DNS as SERVFAIL
+
+    @staticmethod
+    def _failed(failure: Any) -> Answer:
+        metrics.LOOKUPS.labels("timeout" if failure.check(ArrowheadTimeoutError) else "error").inc()
+        return servfail()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "orchestrator": self.config.orchestrator_url,
+            "circuit": self.circuit.state,
+            "consecutive_failures": self.circuit.failures,
+            "last_error": self.last_error,
+            "last_success": self.last_success,
+            "cached_names": len(self._cache),
+            "lookups_in_flight": len(self._inflight),
+        }
+
+
+def _address_rr(name: DNSLabel | str, provider: Provider, ttl: int) -> RR:
+    assert provider.ip is not None
+    if provider.ip.version == 4:
+        return RR(name, QTYPE.A, ttl=ttl, rdata=A(str(provider.ip)))
+    return RR(name, QTYPE.AAAA, ttl=ttl, rdata=AAAA(str(provider.ip)))
+
+
+def _cname(name: DNSLabel, providers: tuple[Provider, ...], ttl: int) -> list[RR]:
+    # One CNAME at most (RFC 1034); the first hostname provider wins.
+    for provider in providers:
+        if provider.ip is None:
+            return [RR(name, QTYPE.CNAME, ttl=ttl, rdata=CNAME(provider.address.rstrip(".") + "."))]
+    return []
+
+
+def _unknown_requester(error: ArrowheadError) -> bool:
+    # Authorization's answer when the requester triple is not a known system.
+    message = error.error.error_message if isinstance(error, ArrowheadHTTPError) and error.error else ""
+    return "not exist in the database" in message
+
+
+def _hint(error: ArrowheadError) -> str:
+    if _unknown_requester(error):
+        return ("; summoner's own system is not registered in the Service Registry with this name, address and "
+                "port (set --arrowhead-registry, or register it and add an authorization rule)")
+    if isinstance(error, ArrowheadHTTPError) and error.status == 401:
+        return "; the core system rejected summoner's certificate or system name"
+    return ""
+
+
+def _after_first(action: Callable[[], None]) -> Callable[[], None]:
+    """``action`` on every call but the first."""
+    calls = 0
+
+    def maybe() -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            action()
+    return maybe

@@ -1,0 +1,86 @@
+"""Arrowhead 4.x core double for summoner's tests: see ``server.py``.
+
+``DoubleProcess`` runs it as a separate process on loopback, the way the real
+core systems would be separate from summoner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class DoubleProcess:
+    """``python -m tests.arrowhead_double`` as a child process.
+
+    Ports are chosen by the OS unless given, and read back from the ready
+    line; ``stop`` and ``start`` again keep the ports (for outage tests).
+    """
+
+    def __init__(self, pki: Path, http_port: int = 0, https_port: int = 0) -> None:
+        self.pki = Path(pki)
+        self.http_port = http_port
+        self.https_port = https_port
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self) -> DoubleProcess:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.arrowhead_double", "--http-port", str(self.http_port),
+             "--https-port", str(self.https_port), "--pki", str(self.pki)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError("arrowhead double exited before it was ready")
+        ready = json.loads(line)
+        self.http_port, self.https_port = ready["http"], ready["https"]
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def https(self) -> str:
+        return f"https://127.0.0.1:{self.https_port}"
+
+    # -- test control over the insecure listener
+
+    def control(self, what: str, body: dict[str, Any] | None = None) -> Any:
+        if body is None and what == "state":
+            response = requests.get(f"{self.http}/control/state", timeout=5)
+        else:
+            response = requests.post(f"{self.http}/control/{what}", json=body or {}, timeout=5)
+        response.raise_for_status()
+        return response.json()
+
+    def counters(self) -> dict[str, int]:
+        return self.control("state")["counters"]
+
+    def register_provider(self, service: str, address: str, port: int, *, system: str = "provider",
+                          uri: str = "/", interfaces: tuple[str, ...] = ("HTTP-INSECURE-JSON",),
+                          metadata: dict[str, str] | None = None) -> requests.Response:
+        return requests.post(f"{self.http}/serviceregistry/register", timeout=5, json={
+            "serviceDefinition": service, "serviceUri": uri, "interfaces": list(interfaces),
+            "providerSystem": {"systemName": system, "address": address, "port": port},
+            "metadata": metadata})

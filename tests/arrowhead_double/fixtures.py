@@ -1,0 +1,56 @@
+"""pytest fixtures for the Arrowhead double (loaded from tests/conftest.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.arrowhead_double import DoubleProcess, pki
+
+SYSTEMS = ["orchestrator", "serviceregistry", "summoner", "provider", "sysop"]
+
+
+@pytest.fixture(scope="session")
+def arrowhead_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cloud's PKI (the double's server certificate, summoner's client one)."""
+    return pki.generate(tmp_path_factory.mktemp("pki"), SYSTEMS)
+
+
+@pytest.fixture(scope="session")
+def foreign_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another cloud's PKI: same shape and names, different keys and CA."""
+    return pki.generate(tmp_path_factory.mktemp("foreign-pki"), ["summoner"], cloud="othercloud")
+
+
+@pytest.fixture(scope="module")
+def arrowhead_double_process(arrowhead_pki: Path) -> Iterator[DoubleProcess]:
+    double = DoubleProcess(arrowhead_pki).start()
+    try:
+        yield double
+    finally:
+        double.stop()
+
+
+@pytest.fixture
+def arrowhead_double(arrowhead_double_process: DoubleProcess) -> DoubleProcess:
+    """The module's double, running, with knobs, counters and registry reset."""
+    if arrowhead_double_process.process is None:
+        arrowhead_double_process.start()  # a previous test stopped it
+    arrowhead_double_process.control("reset", {"registry": True})
+    return arrowhead_double_process
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll until ``predicate()`` is truthy (the thing is asynchronous by design)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

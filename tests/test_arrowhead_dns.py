@@ -1,0 +1,192 @@
+"""Arrowhead resolution end to end: real DNS clients, ``summoner serve`` as a
+process, and the Arrowhead double as another process."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import dns.exception
+import dns.flags
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from tests.arrowhead_double.fixtures import wait_for
+
+DEADLINE = 0.5
+COOLDOWN = 1.5
+
+
+def arrowhead_args(double, *extra: str) -> list[str]:
+    return ["--arrowhead-orchestrator", double.http, "--arrowhead-registry", double.http,
+            "--arrowhead-domain", "ah.test", "--arrowhead-deadline", str(DEADLINE),
+            "--arrowhead-circuit-threshold", "2", "--arrowhead-circuit-cooldown", str(COOLDOWN),
+            "--arrowhead-ttl", "30", *extra]
+
+
+@pytest.fixture
+def served(start_server, arrowhead_double):
+    """summoner wired to the double, its own system already registered."""
+    server = start_server(*_zones(), *arrowhead_args(arrowhead_double))
+    wait_for(lambda: any(s["systemName"] == "summoner" for s in arrowhead_double.control("state")["systems"]),
+             what="summoner's system registration")
+    return server, arrowhead_double
+
+
+def _zones():
+    from tests.conftest import EXAMPLE_ZONES
+    return (EXAMPLE_ZONES,)
+
+
+def rrs(response, rdtype: str) -> list:
+    return [rr for rrset in response.answer if rrset.rdtype == dns.rdatatype.from_text(rdtype) for rr in rrset]
+
+
+def test_remote_name_resolves_to_the_provider_address(served):
+    server, double = served
+    assert double.register_provider("temperature", "10.1.2.3", 8080).status_code == 201
+    response = server.query("temperature.ah.test", "A")
+    assert response.rcode() == dns.rcode.NOERROR
+    assert [rr.address for rr in rrs(response, "A")] == ["10.1.2.3"]
+    assert 0 < response.answer[0].ttl <= 30
+    # Names inside a served zone that the zone does not hold go to Arrowhead too.
+    double.register_provider("humidity", "10.1.2.4", 8081)
+    assert [rr.address for rr in rrs(server.query("humidity.example.org", "A"), "A")] == ["10.1.2.4"]
+    # Static records are still answered by the zone, not by Arrowhead.
+    assert [rr.address for rr in rrs(server.query("www.example.org", "A"), "A")] == ["127.0.0.2"]
+
+
+def test_hostname_provider_is_a_cname_and_ipv6_an_aaaa(served):
+    server, double = served
+    double.register_provider("pressure", "sensor7.plant.example", 9000)
+    double.register_provider("flow", "fd00::7", 9001)
+    cname = rrs(server.query("pressure.ah.test", "A"), "CNAME")
+    assert [str(rr.target) for rr in cname] == ["sensor7.plant.example."]
+    assert [rr.address for rr in rrs(server.query("flow.ah.test", "AAAA"), "AAAA")] == ["fd00::7"]
+
+
+def test_srv_query_carries_the_provider_port(served):
+    server, double = served
+    double.register_provider("temperature", "10.1.2.3", 8080)
+    response = server.query("_temperature._tcp.ah.test", "SRV")
+    srv = rrs(response, "SRV")
+    assert [(rr.port, str(rr.target)) for rr in srv] == [(8080, "temperature.ah.test.")]
+    glue = [rr.address for rrset in response.additional if rrset.rdtype == dns.rdatatype.A for rr in rrset]
+    assert glue == ["10.1.2.3"]
+
+
+def test_unknown_service_is_nxdomain_with_soa_and_negatively_cached(served):
+    server, double = served
+    response = server.query("nosuchservice.ah.test", "A")
+    assert response.rcode() == dns.rcode.NXDOMAIN
+    assert response.authority and response.authority[0].rdtype == dns.rdatatype.SOA
+    in_zone = server.query("nosuchservice.example.org", "A")
+    assert in_zone.rcode() == dns.rcode.NXDOMAIN
+    assert str(in_zone.authority[0].name) == "example.org."
+    calls = double.counters()["orchestration"]
+    assert server.query("nosuchservice.ah.test", "A").rcode() == dns.rcode.NXDOMAIN
+    assert double.counters()["orchestration"] == calls  # answered from the negative cache
+
+
+def test_names_outside_zones_and_domains_stay_refused(served):
+    server, double = served
+    assert server.query("temperature.elsewhere.test", "A").rcode() == dns.rcode.REFUSED
+    assert double.counters().get("orchestration", 0) == 0
+
+
+def test_cached_answer_does_not_ask_again(served):
+    server, double = served
+    double.register_provider("temperature", "10.1.2.3", 8080)
+    server.query("temperature.ah.test", "A")
+    server.query("temperature.ah.test", "A")
+    server.query("_temperature._tcp.ah.test", "SRV")
+    assert double.counters()["orchestration"] == 1
+    assert server.metric("summoner_arrowhead_cache_hits_total") >= 2
+
+
+def test_orchestrator_down_servfail_then_open_circuit_then_recovery(served):
+    server, double = served
+    double.register_provider("temperature", "10.1.2.3", 8080)
+    double.stop()
+    for name in ("a1.ah.test", "a2.ah.test"):  # two failures open the circuit
+        started = time.monotonic()
+        assert server.query(name, "A").rcode() == dns.rcode.SERVFAIL
+        assert time.monotonic() - started < DEADLINE + 0.5
+    started = time.monotonic()
+    assert server.query("a3.ah.test", "A").rcode() == dns.rcode.SERVFAIL
+    assert time.monotonic() - started < 0.1  # circuit open: no waiting at all
+    assert server.metric("summoner_arrowhead_lookups_total", result="circuit_open") >= 1
+    double.start()  # same ports; the registry comes back empty, like a restarted SR with a fresh DB
+    double.register_provider("temperature", "10.1.2.3", 8080)
+    double.control("knobs", {})
+    time.sleep(COOLDOWN + 0.1)
+    # The probe reaches the Orchestrator again.  The restarted double has
+    # forgotten summoner's system; summoner notices and registers it again.
+    response = wait_for(lambda: (r := server.query("temperature.ah.test", "A")).rcode() == dns.rcode.NOERROR and r,
+                        timeout=8, what="recovery")
+    assert [rr.address for rr in rrs(response, "A")] == ["10.1.2.3"]
+
+
+def test_slow_orchestrator_gives_servfail_at_the_deadline(served):
+    server, double = served
+    double.register_provider("temperature", "10.1.2.3", 8080)
+    double.control("knobs", {"delay": {"orchestration": 3}})
+    started = time.monotonic()
+    assert server.query("temperature.ah.test", "A", timeout=5).rcode() == dns.rcode.SERVFAIL
+    elapsed = time.monotonic() - started
+    assert DEADLINE - 0.05 <= elapsed < DEADLINE + 0.5
+    assert server.metric("summoner_arrowhead_lookups_total", result="timeout") == 1
+
+
+def test_error_message_dto_is_servfail_and_logged(served):
+    server, double = served
+    double.register_provider("temperature", "10.1.2.3", 8080)
+    double.control("knobs", {"fail": {"orchestration": {
+        "errorMessage": "Orchestrator can't find authorization check URI.", "errorCode": 500,
+        "exceptionType": "ARROWHEAD"}}})
+    assert server.query("temperature.ah.test", "A").rcode() == dns.rcode.SERVFAIL
+    wait_for(lambda: "Orchestrator can't find authorization check URI." in server.log(), timeout=3,
+             what="the ErrorMessageDTO text in the log")
+    assert "ARROWHEAD" in server.log()
+
+
+def test_malformed_json_is_servfail(served):
+    server, double = served
+    double.register_provider("temperature", "10.1.2.3", 8080)
+    double.control("knobs", {"malformed": {"orchestration": True}})
+    assert server.query("temperature.ah.test", "A").rcode() == dns.rcode.SERVFAIL
+    assert server.metric("summoner_arrowhead_lookups_total", result="error") == 1
+
+
+def test_concurrent_queries_for_one_name_share_one_orchestration(served):
+    server, double = served
+    double.register_provider("temperature", "10.1.2.3", 8080)
+    double.control("knobs", {"delay": {"orchestration": 0.2}})  # keep the first call open while all arrive
+
+    def ask(_: int):
+        try:
+            return server.query("temperature.ah.test", "A", timeout=5).rcode()
+        except dns.exception.Timeout:
+            return None
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=100) as pool:
+        codes = list(pool.map(ask, range(100)))
+    assert codes == [dns.rcode.NOERROR] * 100
+    assert double.counters()["orchestration"] == 1
+
+
+def test_bad_arrowhead_flags_stop_startup(start_server, arrowhead_double):
+    from tests.conftest import EXAMPLE_ZONES
+    server = start_server(EXAMPLE_ZONES, "--arrowhead-orchestrator", "ftp://x", wait=False)
+    assert server.process.wait(10) == 2
+    assert "--arrowhead-orchestrator must be an http:// or https:// URL" in server.log()
+
+
+def test_arrowhead_domain_apex_has_a_synthesized_soa(served):
+    server, double = served
+    response = server.query("ah.test", "SOA")
+    assert response.rcode() == dns.rcode.NOERROR
+    assert [str(rrset.name) for rrset in response.answer] == ["ah.test."]
+    assert response.flags & dns.flags.AA
+    assert double.counters().get("orchestration", 0) == 0

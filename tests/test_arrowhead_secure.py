@@ -1,0 +1,156 @@
+"""Secure mode: mutual TLS against the double's HTTPS listener, key material in
+the forms Arrowhead ships, and the startup checks of the configuration."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from dnslib import QTYPE, RCODE
+from twisted.internet import defer, reactor, task
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial import unittest
+
+from summoner.arrowhead import ArrowheadConfigError, add_cli_arguments, build, config_from_args
+from summoner.resolution import Query
+from tests.arrowhead_double import DoubleProcess
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def secure_args(double: DoubleProcess, pki: Path, *extra: str) -> list[str]:
+    return ["--arrowhead-orchestrator", double.https, "--arrowhead-registry", double.https,
+            "--arrowhead-domain", "ah.test", "--arrowhead-deadline", "2", *extra]
+
+
+def pem_args(pki: Path) -> list[str]:
+    return ["--arrowhead-cert", str(pki / "summoner.pem"), "--arrowhead-key", str(pki / "summoner.key"),
+            "--arrowhead-truststore", str(pki / "truststore.pem")]
+
+
+@defer.inlineCallbacks
+def eventually(predicate, timeout: float = 10.0):
+    waited = 0.0
+    while not predicate():
+        if waited > timeout:
+            raise AssertionError("condition not reached in time")
+        yield task.deferLater(reactor, 0.05, lambda: None)
+        waited += 0.05
+
+
+class SecureModeTest(unittest.TestCase):
+    @pytest.fixture(autouse=True)
+    def _double(self, arrowhead_double, arrowhead_pki, foreign_pki):
+        self.double, self.pki, self.foreign = arrowhead_double, arrowhead_pki, foreign_pki
+        self.double.register_provider("temperature", "10.1.2.3", 8080)
+
+    def setUp(self) -> None:
+        self.lines: list[str] = []
+        observer = lambda event: self.lines.append(formatEvent(event))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    @defer.inlineCallbacks
+    def resolve_with(self, *argv: str):
+        arrowhead = build(config_from_args(parse(*argv)), lambda key: None, reactor)
+        self.addCleanup(arrowhead.stop)
+        yield arrowhead.start()
+        yield eventually(lambda: arrowhead.publisher.system_state != "pending")
+        answer = yield defer.maybeDeferred(arrowhead.stage.resolve, Query.of("temperature.ah.test", "A"))
+        return arrowhead, answer
+
+    @defer.inlineCallbacks
+    def test_pem_identity_resolves_and_registers_with_its_public_key(self):
+        arrowhead, answer = yield self.resolve_with(*secure_args(self.double, self.pki), *pem_args(self.pki))
+        assert answer.rcode == RCODE.NOERROR
+        assert [str(rr.rdata) for rr in answer.answer if rr.rtype == QTYPE.A] == ["10.1.2.3"]
+        systems = {s["systemName"]: s for s in self.double.control("state")["systems"]}
+        certificate = x509.load_pem_x509_certificate((self.pki / "summoner.pem").read_bytes())
+        expected = base64.b64encode(certificate.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+        assert systems["summoner"]["authenticationInfo"] == expected
+        assert arrowhead.status()["registry"]["connected"] is True
+
+    @defer.inlineCallbacks
+    def test_legacy_pkcs12_keystore_and_truststore_as_arrowhead_ships_them(self):
+        keystore = self.pki / "summoner-legacy.p12"
+        if not keystore.exists():
+            raise unittest.SkipTest("no openssl tool to write an RC2-40 keystore")
+        _, answer = yield self.resolve_with(
+            *secure_args(self.double, self.pki), "--arrowhead-pkcs12", str(keystore),
+            "--arrowhead-pkcs12-password", "123456", "--arrowhead-truststore", str(self.pki / "truststore.p12"))
+        assert [str(rr.rdata) for rr in answer.answer] == ["10.1.2.3"]
+
+    @defer.inlineCallbacks
+    def test_hostname_is_checked_against_the_certificate_san(self):
+        # The double's certificate names localhost and 127.0.0.1 (like Arrowhead's).
+        args = secure_args(self.double, self.pki)
+        args[1] = args[3] = f"https://localhost:{self.double.https_port}"
+        _, answer = yield self.resolve_with(*args, *pem_args(self.pki))
+        assert answer.rcode == RCODE.NOERROR
+
+    @defer.inlineCallbacks
+    def test_untrusted_server_is_refused_with_a_clear_log_line(self):
+        args = secure_args(self.double, self.pki, "--arrowhead-cert", str(self.pki / "summoner.pem"),
+                           "--arrowhead-key", str(self.pki / "summoner.key"),
+                           "--arrowhead-truststore", str(self.foreign / "truststore.pem"))
+        _, answer = yield self.resolve_with(*args)
+        assert answer.rcode == RCODE.SERVFAIL
+        text = "\n".join(self.lines)
+        assert "TLS: rejecting certificate CN=testcloud.aitia.arrowhead.eu" in text
+        assert "not signed by a CA in the truststore" in text
+        assert "TLS handshake failed" in text
+        assert self.double.counters().get("orchestration", 0) == 0
+
+    @defer.inlineCallbacks
+    def test_client_certificate_of_another_cloud_is_refused_by_the_server(self):
+        args = secure_args(self.double, self.pki, "--arrowhead-cert", str(self.foreign / "summoner.pem"),
+                           "--arrowhead-key", str(self.foreign / "summoner.key"),
+                           "--arrowhead-truststore", str(self.pki / "truststore.pem"))
+        _, answer = yield self.resolve_with(*args)
+        assert answer.rcode == RCODE.SERVFAIL
+        assert "the server refused our client certificate" in "\n".join(self.lines)
+        assert self.double.counters().get("orchestration", 0) == 0
+
+
+def test_system_name_comes_from_the_certificate(arrowhead_pki):
+    config = config_from_args(parse("--arrowhead-orchestrator", "https://127.0.0.1:8441", *pem_args(arrowhead_pki)))
+    assert config.system_name == "summoner" and config.secure
+
+
+def test_system_name_that_contradicts_the_certificate_is_a_startup_error(arrowhead_pki):
+    with pytest.raises(ArrowheadConfigError, match="does not match the client certificate"):
+        config_from_args(parse("--arrowhead-orchestrator", "https://127.0.0.1:8441",
+                               "--arrowhead-system-name", "consumer", *pem_args(arrowhead_pki)))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--arrowhead-orchestrator", "https://h:1"], "needs --arrowhead-cert"),
+    (["--arrowhead-orchestrator", "http://h:1", "--arrowhead-cert", "x.pem"], "drop the certificate flags"),
+    (["--arrowhead-orchestrator", "http://h:1", "--arrowhead-registry", "https://h:2"], "both be http or both https"),
+    (["--arrowhead-orchestrator", "http://h:1", "--arrowhead-system-name", "my_system"], "no underscores"),
+    (["--arrowhead-orchestrator", "http://h:1", "--arrowhead-interface", "http-json"], "is not PROTOCOL"),
+    (["--arrowhead-orchestrator", "http://h:1", "--arrowhead-map", "x.test", "colour=red"], "unknown key"),
+])
+def test_bad_configuration_is_refused_with_a_reason(argv, message):
+    with pytest.raises(ArrowheadConfigError, match=message):
+        config_from_args(parse(*argv))
+
+
+def test_wrong_keystore_password_is_a_startup_error(arrowhead_pki):
+    with pytest.raises(ArrowheadConfigError, match="cannot read PKCS#12 keystore"):
+        config_from_args(parse("--arrowhead-orchestrator", "https://h:1", "--arrowhead-pkcs12",
+                               str(arrowhead_pki / "summoner.p12"), "--arrowhead-pkcs12-password", "wrong",
+                               "--arrowhead-truststore", str(arrowhead_pki / "truststore.pem")))
+
+
+def test_arrowhead_is_off_without_urls():
+    assert config_from_args(parse()) is None

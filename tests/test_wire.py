@@ -1,0 +1,82 @@
+"""The responder and chain in-process: answer replay, its lifetime, and stage hand-over."""
+
+from __future__ import annotations
+
+import time
+
+import dns.message
+import dns.rcode
+from dnslib import QTYPE, RR, A
+
+from summoner.resolution import Answer, Chain, Query
+from summoner.static import StaticStage
+from summoner.wire import Responder
+from summoner.zonefile import load_zone_dir
+from tests.conftest import EXAMPLE_ZONES
+
+
+class CountingStage:
+    name = "counting"
+
+    def __init__(self, cache_seconds: float | None, claims: str = "dyn.example.org") -> None:
+        self.calls = 0
+        self.cache_seconds = cache_seconds
+        self.claims = claims
+
+    def resolve(self, query: Query) -> Answer | None:
+        if query.key != self.claims:
+            return None
+        self.calls += 1
+        rr = RR(query.name, QTYPE.A, ttl=5, rdata=A(f"127.0.9.{self.calls}"))
+        return Answer(answer=[rr], cache_seconds=self.cache_seconds)
+
+
+def ask(responder: Responder, name: str) -> dns.message.Message:
+    wire = responder.respond(dns.message.make_query(name, "A").to_wire(), "udp")
+    return dns.message.from_wire(wire)
+
+
+def test_a_later_stage_claims_an_in_zone_name_the_zone_does_not_have() -> None:
+    stage = CountingStage(None)
+    responder = Responder(Chain([StaticStage(load_zone_dir(EXAMPLE_ZONES)), stage]))
+    reply = ask(responder, "dyn.example.org")
+    assert reply.rcode() == dns.rcode.NOERROR and str(reply.answer[0][0]) == "127.0.9.1"
+    # names the later stage does not claim keep the zone's tentative NXDOMAIN
+    assert ask(responder, "other.example.org").rcode() == dns.rcode.NXDOMAIN
+    # and existing static names never reach it
+    assert str(ask(responder, "www.example.org").answer[0][0]) == "127.0.0.2"
+
+
+def test_replayed_answers_expire_after_their_lifetime() -> None:
+    stage = CountingStage(0.2)
+    responder = Responder(Chain([stage]))
+    query = dns.message.make_query("dyn.example.org", "A")
+    for new_id in (1, 2, 3):
+        query.id = new_id
+        reply = dns.message.from_wire(responder.respond(query.to_wire(), "udp"))
+        assert reply.id == new_id  # the ID is patched into the replayed bytes
+    assert stage.calls == 1
+    time.sleep(0.25)
+    assert str(ask(responder, "dyn.example.org").answer[0][0]) == "127.0.9.2"
+    assert stage.calls == 2
+
+
+def test_clear_cache_forgets_replays() -> None:
+    stage = CountingStage(None)
+    responder = Responder(Chain([stage]))
+    ask(responder, "dyn.example.org")
+    ask(responder, "dyn.example.org")
+    assert stage.calls == 1
+    responder.clear_cache()
+    assert str(ask(responder, "dyn.example.org").answer[0][0]) == "127.0.9.2"
+
+
+def test_a_failing_stage_gives_servfail_not_an_exception() -> None:
+    class Broken:
+        name = "broken"
+
+        def resolve(self, query: Query) -> Answer:
+            raise RuntimeError("boom")
+
+    responder = Responder(Chain([Broken()]))
+    assert ask(responder, "x.example.org").rcode() == dns.rcode.SERVFAIL
