@@ -33,9 +33,14 @@ from summoner.vm.stage import OnDemandStage
 log = Logger(namespace="summoner.vm")
 
 
-def discover(images_dir: Any) -> dict[str, Any]:
-    from summoner.images import discover_images  # the images branch's module
-    return discover_images(images_dir)
+def discover(images_dirs: Iterable[Any]) -> dict[str, Any]:
+    """Images by name from every directory (the first directory wins a name)."""
+    from summoner.images import discover_images
+    found: dict[str, Any] = {}
+    for directory in images_dirs:
+        for name, manifest in discover_images(directory).items():
+            found.setdefault(name, manifest)
+    return found
 
 
 class OnDemand:

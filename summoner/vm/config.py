@@ -14,7 +14,8 @@ STOP_MODES = ("destroy", "shutdown", "suspend")
 
 @dataclass(frozen=True)
 class OnDemandConfig:
-    images: Path = Path("images")
+    # Several directories may hold images (e.g. images/ and tests/images/).
+    images: tuple[Path, ...] = (Path("images"),)
     libvirt_uri: str = "qemu:///system"
     virt_type: str = "auto"
     network: str = "user"
@@ -23,7 +24,7 @@ class OnDemandConfig:
     # line; the gateway and netmask of that segment come from here.
     bridge_gateway: str = ""
     bridge_netmask: str = "255.255.255.0"
-    machine: str = "pc"
+    machine: str = "pc"  # when the image's manifest names none
     max_vms: int = 16
     memory_budget_mib: int = 4096
     max_concurrent_boots: int = 2
@@ -67,8 +68,8 @@ def _positive_int(text: str) -> int:
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     d = OnDemandConfig()
     g = parser.add_argument_group("on-demand VMs")
-    g.add_argument("--images", type=Path, default=d.images, metavar="DIR",
-                   help="directory of image folders (NAME/image.toml) (default: %(default)s)")
+    g.add_argument("--images", type=Path, action="append", default=None, metavar="DIR",
+                   help="directory of image folders (NAME/image.toml); repeatable (default: images)")
     g.add_argument("--libvirt-uri", default=d.libvirt_uri, help="libvirt connection URI (default: %(default)s)")
     g.add_argument("--virt-type", choices=VIRT_TYPES, default=d.virt_type,
                    help="kvm, qemu (TCG) or auto: KVM if it works, else TCG (default: %(default)s)")
@@ -80,7 +81,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                    help="gateway given to guests in bridge mode")
     g.add_argument("--bridge-netmask", default=d.bridge_netmask, metavar="MASK",
                    help="netmask given to guests in bridge mode (default: %(default)s)")
-    g.add_argument("--machine", default=d.machine, help="QEMU machine type (default: %(default)s)")
+    g.add_argument("--machine", default=d.machine,
+                   help="QEMU machine type for images that name none (default: %(default)s)")
     g.add_argument("--max-vms", type=_positive_int, default=d.max_vms,
                    help="most VMs running or suspended at once (default: %(default)s)")
     g.add_argument("--memory-budget-mib", type=_positive_int, default=d.memory_budget_mib,
@@ -109,7 +111,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> OnDemandConfig:
     return OnDemandConfig(
-        images=args.images,
+        images=tuple(args.images) if args.images else OnDemandConfig.images,
         libvirt_uri=args.libvirt_uri,
         virt_type=args.virt_type,
         network=args.network,

@@ -38,14 +38,29 @@ class ProbeCancelledError(ProbeError):
     pass
 
 
+# A "tcp" probe succeeds when the connection stays open this long: QEMU's
+# user-mode port forward accepts every connection at once and drops it when
+# the guest is not listening, so a bare connect proves nothing there.
+TCP_HOLD = 0.05
+
+
 class _StatusLine(protocol.Protocol):
-    def __init__(self, request: bytes, done: defer.Deferred) -> None:
+    def __init__(self, request: bytes | None, done: defer.Deferred) -> None:
         self.request = request
         self.done = done
         self.buffer = b""
 
     def connectionMade(self) -> None:  # noqa: N802 (Twisted's name)
-        self.transport.write(self.request)
+        if self.request is not None:
+            self.transport.write(self.request)
+            return
+        from twisted.internet import reactor
+
+        def held() -> None:
+            if not self.done.called:
+                self.done.callback(0)
+            self.transport.abortConnection()
+        self._hold = reactor.callLater(TCP_HOLD, held)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self.buffer += data
@@ -62,6 +77,9 @@ class _StatusLine(protocol.Protocol):
             self.done.errback(ProbeError(f"not an HTTP status line: {line[:80]!r}"))
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:  # noqa: N802
+        hold = getattr(self, "_hold", None)
+        if hold is not None and hold.active():
+            hold.cancel()
         if not self.done.called:
             self.done.errback(ProbeError("connection closed before a status line"))
 
@@ -69,7 +87,7 @@ class _StatusLine(protocol.Protocol):
 class _Factory(protocol.ClientFactory):
     noisy = False  # one log line per attempt would flood the log during boots
 
-    def __init__(self, request: bytes, done: defer.Deferred) -> None:
+    def __init__(self, request: bytes | None, done: defer.Deferred) -> None:
         self.request = request
         self.done = done
 
@@ -81,10 +99,13 @@ class _Factory(protocol.ClientFactory):
             self.done.errback(ProbeError(f"connect failed: {reason.getErrorMessage()}"))
 
 
-def probe_once(reactor: Any, address: str, port: int, path: str, timeout: float) -> defer.Deferred:
-    """One attempt; fires with the HTTP status code or fails with ProbeError."""
+def probe_once(reactor: Any, address: str, port: int, path: str, timeout: float,
+               kind: str = "http") -> defer.Deferred:
+    """One attempt; fires with the HTTP status code (0 for a tcp probe) or
+    fails with ProbeError."""
     done: defer.Deferred = defer.Deferred()
-    request = f"GET {path} HTTP/1.0\r\nHost: {address}\r\nUser-Agent: summoner-probe\r\n\r\n".encode()
+    request = None if kind == "tcp" else (
+        f"GET {path} HTTP/1.0\r\nHost: {address}\r\nUser-Agent: summoner-probe\r\n\r\n".encode())
     connector = reactor.connectTCP(address, port, _Factory(request, done), timeout=timeout)
 
     def expire() -> None:
@@ -106,7 +127,8 @@ class Probe:
 
     def __init__(self, reactor: Any, address: str, port: int, path: str = "/", *,
                  expect_status: int = 200, interval: float = 0.02, request_timeout: float = 0.5,
-                 deadline: float) -> None:
+                 deadline: float, kind: str = "http") -> None:
+        self.kind = kind
         self.reactor = reactor
         self.address = address
         self.port = port
@@ -144,11 +166,12 @@ class Probe:
                 f"({self.attempts} attempts)", self.attempts, self.last_error))
             return
         self.attempts += 1
-        d = probe_once(self.reactor, self.address, self.port, self.path, min(self.request_timeout, remaining))
+        d = probe_once(self.reactor, self.address, self.port, self.path, min(self.request_timeout, remaining),
+                       self.kind)
         d.addCallbacks(self._answered, self._failed)
 
     def _answered(self, status: int) -> None:
-        if status == self.expect_status:
+        if status == self.expect_status or (self.kind == "tcp" and status == 0):
             metrics.PROBE_ATTEMPTS.labels("ok").inc()
             if not self._done.called:
                 self._done.callback(self.attempts)

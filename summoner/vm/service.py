@@ -225,7 +225,7 @@ class Fleet:
             svc.reserved = True
             start = self.now()
             deadline = start + spec.boot_timeout
-            xml = domain_xml(spec, self.virt_type, self.net, self.config.machine)
+            xml = domain_xml(spec, self.virt_type, self.net, spec.machine)
             svc.domain_uuid = None
             svc.early_events = []
             try:
@@ -251,7 +251,7 @@ class Fleet:
                 return
             svc.boot_count += 1
             probe = Probe(self.reactor, spec.address, spec.port, spec.probe_path,
-                          expect_status=spec.expect_status, interval=spec.probe_interval,
+                          expect_status=spec.expect_status, interval=spec.probe_interval, kind=spec.probe_kind,
                           request_timeout=spec.request_timeout, deadline=deadline)
             svc.probe = probe
             if svc.boot_abort:
@@ -574,7 +574,7 @@ class Fleet:
             svc.reserved = True
             spec = svc.spec
             probe = Probe(self.reactor, spec.address, spec.port, spec.probe_path,
-                          expect_status=spec.expect_status, interval=spec.probe_interval,
+                          expect_status=spec.expect_status, interval=spec.probe_interval, kind=spec.probe_kind,
                           request_timeout=spec.request_timeout, deadline=self.now() + spec.boot_timeout)
             svc.probe = probe
             try:

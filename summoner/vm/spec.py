@@ -32,6 +32,7 @@ class VMSpec:
     address: str
     port: int
     probe_path: str
+    probe_kind: str          # "http" (status line) or "tcp" (connection held open by the guest)
     expect_status: int
     probe_interval: float    # seconds between probe attempts
     request_timeout: float   # seconds per probe attempt
@@ -40,6 +41,7 @@ class VMSpec:
     stop_mode: str
     shutdown_grace: float
     config_hash: str         # written into the domain's metadata; a change means "reboot"
+    machine: str = "pc"
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
@@ -85,7 +87,7 @@ def build_spec(host: OnDemandHost, manifest: Any, config: OnDemandConfig) -> VMS
         config.idle_timeout if config.idle_timeout is not None else float(_get(reap, "idle_timeout_s", 300)))
     kind = _get(boot, "kind", "kernel")
     digest = hashlib.sha256("\0".join([
-        image_hash, host.fingerprint(), config.network, config.bridge, config.machine,
+        image_hash, host.fingerprint(), config.network, config.bridge,
     ]).encode()).hexdigest()[:16]
     return VMSpec(
         service=host.name,
@@ -102,6 +104,7 @@ def build_spec(host: OnDemandHost, manifest: Any, config: OnDemandConfig) -> VMS
         address=host.address,
         port=port,
         probe_path=probe_path,
+        probe_kind=str(_get(probe, "kind", "http") or "http"),
         expect_status=int(_get(probe, "expect_status", 200)),
         probe_interval=float(_get(probe, "interval_ms", 20)) / 1000.0,
         request_timeout=float(_get(probe, "request_timeout_ms", 500)) / 1000.0,
@@ -110,6 +113,7 @@ def build_spec(host: OnDemandHost, manifest: Any, config: OnDemandConfig) -> VMS
         stop_mode=stop_mode,
         shutdown_grace=float(_get(reap, "shutdown_grace_s", 5)),
         config_hash=digest,
+        machine=str(_get(boot, "machine", None) or config.machine),
     )
 
 

@@ -1,0 +1,182 @@
+"""The libvirt backend against libvirt's in-process test driver, the domain
+XML, and the HTTP probe."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+from twisted.web import resource, server
+
+from summoner.vm.config import OnDemandConfig
+from summoner.vm.domxml import NetworkSettings, domain_xml, parse_metadata
+from summoner.vm.libvirt_backend import LibvirtBackend, NotConnectedError, parse_usernet, tail_file
+from summoner.vm.probe import Probe, ProbeTimeoutError
+from summoner.vm.spec import build_spec
+from tests.vm.fakes import host, manifest
+
+
+def spec(label="hello", address="127.0.0.10", **kw):
+    return build_spec(host(label, address, "hello", **kw), manifest("hello"), OnDemandConfig())
+
+
+def sleep(seconds: float) -> defer.Deferred:
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+# -- domain XML -------------------------------------------------------------------
+
+
+def test_user_mode_xml_forwards_the_zone_address():
+    xml = domain_xml(spec(), "qemu", NetworkSettings("user"))
+    assert "type=\"qemu\"" in xml
+    assert "hostfwd=tcp:127.0.0.10:18080-:18080" in xml
+    assert "restrict=on" in xml
+    assert "ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off" in xml
+    assert '<memballoon model="none"' in xml
+    meta = parse_metadata(xml)
+    assert (meta.service, meta.image, meta.address, meta.port) == ("hello.example.org", "hello", "127.0.0.10", 18080)
+    assert meta.config_hash == spec().config_hash
+
+
+def test_bridge_mode_xml_puts_the_address_on_the_cmdline():
+    s = build_spec(host("web", "192.0.2.7", "hello"), manifest("hello"), OnDemandConfig(network="bridge"))
+    xml = domain_xml(s, "kvm", NetworkSettings("bridge", "br7", "192.0.2.1", "255.255.255.0"))
+    assert "<source bridge=\"br7\"" in xml
+    assert "ip=192.0.2.7::192.0.2.1:255.255.255.0::eth0:off" in xml
+    assert "hostfwd" not in xml and "type=\"kvm\"" in xml
+
+
+def test_disk_boot_xml():
+    m = manifest("osv")
+    m.boot.kind, m.boot.disk, m.boot.format = "disk", "fakes.py", "qcow2"
+    s = build_spec(host("osv", "127.0.0.30", "osv"), m, OnDemandConfig())
+    xml = domain_xml(s, "qemu", NetworkSettings())
+    assert "<kernel>" not in xml and 'type="qcow2"' in xml and "fakes.py" in xml and "<transient" in xml
+
+
+@pytest.mark.skipif(not shutil.which("virt-xml-validate"), reason="virt-xml-validate not installed")
+def test_xml_validates_against_libvirt_schema(tmp_path):
+    for virt, net in (("qemu", NetworkSettings()), ("kvm", NetworkSettings("bridge", "br0", "10.0.0.1"))):
+        path = tmp_path / f"{virt}.xml"
+        path.write_text(domain_xml(spec(), virt, net))
+        result = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_overrides_change_the_config_hash():
+    assert spec().config_hash != spec(memory_mib=128).config_hash
+    assert spec().config_hash == spec(idle=5).config_hash  # reaping settings do not need a new VM
+
+
+def test_parse_usernet_ignores_listeners():
+    text = """Hub -1 (sn0):
+  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ
+  TCP[ESTABLISHED]   18      127.0.0.10  8080       10.0.2.15  8080     0     0
+  TCP[HOST_FORWARD]  11      127.0.0.10  8080       10.0.2.15  8080     0     0
+"""
+    assert parse_usernet(text) == ("TCP[ESTABLISHED] 18 127.0.0.10 8080 10.0.2.15 8080 0 0",)
+    assert parse_usernet(text.replace("ESTABLISHED", "HOST_FORWARD")) == ()
+
+
+def test_tail_skips_old_runs_and_argv(tmp_path):
+    log = tmp_path / "x.log"
+    log.write_text("2026 starting up libvirt version: 9\nold failure\n"
+                   "2026 starting up libvirt version: 9\nLC_ALL=C \\\n-kernel /k \\\n-m 64\nnew failure\n")
+    assert tail_file(str(log), skip_argv=True) == "2026 starting up libvirt version: 9\nnew failure"
+
+
+# -- backend on test:///default ------------------------------------------------------
+
+
+class BackendTest(unittest.TestCase):
+    timeout = 20
+
+    def setUp(self):
+        self.events = []
+        self.backend = LibvirtBackend("test:///default", reactor,
+                                      on_event=lambda *e: self.events.append(e))
+        self.addCleanup(self.backend.stop)
+
+    @defer.inlineCallbacks
+    def test_lifecycle_metadata_and_events(self):
+        ok = yield self.backend.start()
+        self.assertTrue(ok)
+        s = spec()
+        uuid = yield self.backend.create(domain_xml(s, "test", NetworkSettings()))
+        ours = yield self.backend.list_ours()
+        self.assertEqual([(d.name, d.state, d.uuid) for d in ours], [(s.domain_name, "running", uuid)])
+        self.assertEqual(ours[0].metadata.config_hash, s.config_hash)  # the predefined 'test' domain is not ours
+        yield self.backend.suspend(s.domain_name)
+        self.assertEqual((yield self.backend.state(s.domain_name)), "paused")
+        yield self.backend.resume(s.domain_name)
+        self.assertTrue((yield self.backend.destroy(s.domain_name)))
+        self.assertFalse((yield self.backend.destroy(s.domain_name)))  # already gone: not an error
+        self.assertEqual((yield self.backend.state(s.domain_name)), "gone")
+        yield sleep(0.2)
+        kinds = [(e[1], e[3]) for e in self.events if e[0] == s.domain_name]
+        for event in ("started", "suspended", "resumed", "stopped"):
+            self.assertIn((event, uuid), kinds)
+        self.assertEqual((yield self.backend.list_ours()), [])
+
+    @defer.inlineCallbacks
+    def test_not_connected_fails_fast_and_kvm_check_answers(self):
+        with self.assertRaises(NotConnectedError):
+            yield self.backend.list_ours()
+        yield self.backend.start()
+        ok, why = yield self.backend.kvm_usable()
+        self.assertIsInstance(ok, bool)
+        traffic = yield self.backend.traffic({"test": "bridge"})
+        self.assertIsInstance(traffic, dict)
+
+
+# -- probe ----------------------------------------------------------------------------
+
+
+class _Status(resource.Resource):
+    isLeaf = True  # noqa: N815
+
+    def __init__(self, code):
+        super().__init__()
+        self.code = code
+
+    def render_GET(self, request):  # noqa: N802
+        request.setResponseCode(self.code)
+        return b"x"
+
+
+class ProbeTest(unittest.TestCase):
+    timeout = 10
+
+    def listen(self, code, address="127.0.0.33"):
+        site = server.Site(_Status(code))
+        site.noisy = False
+        port = reactor.listenTCP(0, site, interface=address)
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    @defer.inlineCallbacks
+    def test_success(self):
+        port = self.listen(200)
+        attempts = yield Probe(reactor, "127.0.0.33", port, "/", deadline=reactor.seconds() + 2).run()
+        self.assertEqual(attempts, 1)
+
+    @defer.inlineCallbacks
+    def test_wrong_status_until_deadline(self):
+        port = self.listen(500)
+        probe = Probe(reactor, "127.0.0.33", port, "/", interval=0.05, deadline=reactor.seconds() + 0.3)
+        with self.assertRaises(ProbeTimeoutError):
+            yield probe.run()
+        self.assertIn("HTTP 500", probe.last_error)
+        self.assertGreater(probe.attempts, 2)
+        self.assertLess(probe.attempts, 10)  # paced by the interval, not a busy loop
+
+    @defer.inlineCallbacks
+    def test_connection_refused(self):
+        probe = Probe(reactor, "127.0.0.34", 9, "/", interval=0.05, deadline=reactor.seconds() + 0.2)
+        with self.assertRaises(ProbeTimeoutError) as info:
+            yield probe.run()
+        self.assertIn("connect failed", info.exception.last_error)
