@@ -9,6 +9,7 @@ from pathlib import Path
 from summoner import __version__
 from summoner.arrowhead.config import ArrowheadConfigError, config_from_args
 from summoner.arrowhead.config import add_cli_arguments as add_arrowhead_arguments
+from summoner.vm.cli import add_admin_commands, add_serve_arguments, attach, start_with_reactor
 from summoner.zonefile import ZoneError, load_zone_dir
 
 
@@ -48,11 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
                        help="how often the zone directory is checked for changes (default 1)")
     add_arrowhead_arguments(serve)
+    add_serve_arguments(serve)
     serve.set_defaults(run=run_serve)
 
     check = commands.add_parser("check", help="validate zone files and exit")
     check.add_argument("--zones", type=Path, default=Path("zones"), metavar="DIR")
     check.set_defaults(run=run_check)
+    add_admin_commands(commands)
     return parser
 
 
@@ -85,6 +88,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"summoner: not starting: Arrowhead: {exc}", file=sys.stderr)
         return 2
     app = App(config, reactor)
+    ondemand = attach(app, args, reactor)
     arrowhead = None
     if arrowhead_config is not None:
         from summoner.arrowhead import build
@@ -105,6 +109,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"summoner: cannot listen: {exc}", file=sys.stderr)
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", app.stop)
+    start_with_reactor(ondemand, reactor)
     if arrowhead is not None:
         arrowhead.update_services([])  # on-demand hosts are published once their parsing lands
         arrowhead.start()

@@ -84,10 +84,20 @@ class OnDemand:
         return defer.Deferred.fromCoroutine(self._start())
 
     async def _start(self) -> None:
-        connected = await self.backend.start()
-        if connected:
-            await self._resolve_virt_type()
-            await self.fleet.reconcile()
+        # Boots wait until running VMs are adopted (a boot would otherwise
+        # collide with a VM that is already there) and the virt type is known.
+        ready: defer.Deferred = defer.Deferred()
+        self.fleet.virt_decided = ready
+        try:
+            connected = await self.backend.start()
+            if connected:
+                await self.fleet.reconcile()
+                await self._resolve_virt_type()
+            elif self.config.virt_type == "auto":
+                self.fleet.virt_type = "qemu"
+                log.warn("virt type auto: libvirt unreachable at start, cannot check KVM; using TCG")
+        finally:
+            ready.callback(None)
         self._started = True
         self.reaper.start()
 
@@ -97,13 +107,22 @@ class OnDemand:
             return
         ok, why = await self.backend.kvm_usable()
         if ok:
-            self.fleet.virt_type = "kvm"
-            self.fleet.kvm_unproven = True
-            log.info("virt type auto: trying KVM; falls back to TCG if the first boot shows KVM failing")
-        else:
-            self.fleet.virt_type = "qemu"
-            self.fleet.kvm_unproven = False
-            log.warn("virt type auto: KVM unavailable ({why}); using TCG (qemu)", why=why)
+            from summoner.vm.spec import missing_artifacts
+            specs = [s.spec for s in self.fleet.services.values() if not missing_artifacts(s.spec)]
+            if not specs:
+                self.fleet.virt_type = "kvm"
+                log.warn("virt type auto: KVM offered but no built image to check it with; using kvm")
+                return
+            # Boots wait for the verdict; DNS keeps answering meanwhile.
+            spec = min(specs, key=lambda s: s.memory_mib)
+            ok, why = await self.fleet.kvm_boot_check(spec)
+            if ok:
+                self.fleet.virt_type = "kvm"
+                log.info("virt type auto: KVM boot check passed ({image}); using kvm", image=spec.image)
+                return
+            why = f"a test boot of {spec.image} under KVM failed: {why}"
+        self.fleet.virt_type = "qemu"
+        log.warn("virt type auto: KVM unusable ({why}); falling back to TCG (virt type qemu)", why=why)
 
     def _connected(self) -> None:
         if self._started:
@@ -162,7 +181,10 @@ class OnDemand:
         if self.config.admin is None:
             return None
         host, port = self.config.admin
-        self._admin_port = self.reactor.listenTCP(port, server.Site(self.admin_resource()), interface=host)
+        site = server.Site(self.admin_resource())
+        site.noisy = False
+        site.log = lambda request: None  # no access log line per status call
+        self._admin_port = self.reactor.listenTCP(port, site, interface=host)
         log.info("admin endpoint on http://{host}:{port}/services", host=host, port=port)
         return self._admin_port
 

@@ -99,10 +99,11 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
 
 
 def domain_xml(spec: VMSpec, virt_type: str, net: NetworkSettings, machine: str = "pc",
-               emulator: str | None = None) -> str:
+               emulator: str | None = None, host_port: int | None = None) -> str:
     """Domain XML for a transient domain running ``spec``.
 
     ``virt_type`` is libvirt's domain type: ``kvm`` or ``qemu`` (TCG).
+    ``host_port``: forward from this host port instead of the service's own.
     """
     dom = ET.Element("domain", {"type": virt_type})
     _sub(dom, "name", spec.domain_name)
@@ -164,7 +165,7 @@ def domain_xml(spec: VMSpec, virt_type: str, net: NetworkSettings, machine: str 
         # the guest reaches nothing; only the forwarded port reaches it.
         cl = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
         netdev = (f"user,id=sn0,restrict=on,"
-                  f"hostfwd=tcp:{spec.address}:{spec.port}-:{spec.port}")
+                  f"hostfwd=tcp:{spec.address}:{host_port or spec.port}-:{spec.port}")
         device = f"virtio-net-pci,netdev=sn0,addr=0x5,romfile=,mac={mac_for(spec.service)}"
         for arg in ("-netdev", netdev, "-device", device):
             ET.SubElement(cl, f"{{{QEMU_NS}}}arg", {"value": arg})

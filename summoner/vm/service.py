@@ -33,7 +33,7 @@ from summoner.vm import metrics
 from summoner.vm.config import OnDemandConfig
 from summoner.vm.domxml import NetworkSettings, domain_xml
 from summoner.vm.hosts import OnDemandHost
-from summoner.vm.libvirt_backend import KVM_FAILURE_SIGNATURES, BackendError, LibvirtBackend
+from summoner.vm.libvirt_backend import BackendError, LibvirtBackend
 from summoner.vm.probe import Probe, ProbeCancelledError, ProbeTimeoutError
 from summoner.vm.spec import VMSpec, build_spec, missing_artifacts
 
@@ -105,7 +105,9 @@ class Fleet:
         self.by_domain: dict[str, Service] = {}
         self.net = NetworkSettings(config.network, config.bridge, config.bridge_gateway, config.bridge_netmask)
         self.virt_type = "qemu" if config.virt_type == "qemu" else "kvm"
-        self.kvm_unproven = config.virt_type == "auto"
+        # Boots wait on this until the virt type is known (auto: after the
+        # KVM boot check at start).
+        self.virt_decided: defer.Deferred = defer.succeed(None)
         self._boot_slots = defer.DeferredSemaphore(config.max_concurrent_boots)
         self._reconciling: defer.Deferred | None = None
 
@@ -197,7 +199,7 @@ class Fleet:
 
     # -- boot ------------------------------------------------------------------
 
-    async def _boot(self, svc: Service, fallback_retry: bool = False) -> None:
+    async def _boot(self, svc: Service) -> None:
         gen = svc.generation
         spec = svc.spec
         self._set_state(svc, State.BOOTING)
@@ -210,6 +212,8 @@ class Fleet:
             return
         await self._boot_slots.acquire()
         try:
+            if not self.virt_decided.called:
+                await _wait(self.virt_decided)
             if gen != svc.generation:
                 return
             if not await self._make_room(svc):
@@ -261,20 +265,16 @@ class Fleet:
             except ProbeTimeoutError as exc:
                 await self._boot_failed(svc, gen, "timeout",
                                         f"not ready within {spec.boot_timeout:g}s; last probe error: "
-                                        f"{exc.last_error}", fallback_retry=fallback_retry)
+                                        f"{exc.last_error}")
                 return
             except ProbeCancelledError as exc:
-                await self._boot_failed(svc, gen, "error", f"{exc}; last probe error: {probe.last_error}",
-                                        fallback_retry=fallback_retry)
+                await self._boot_failed(svc, gen, "error", f"{exc}; last probe error: {probe.last_error}")
                 return
             finally:
                 svc.probe = None
             if gen != svc.generation:
                 return
             now = self.now()
-            if self.kvm_unproven and self.virt_type == "kvm":
-                self.kvm_unproven = False
-                log.info("KVM works: guests boot under virt type kvm")
             svc.failures = 0
             svc.retry_at = 0.0
             svc.last_error = None
@@ -299,11 +299,9 @@ class Fleet:
         except BackendError as exc:
             log.warn("destroy of {domain} failed: {err}", domain=domain, err=exc)
 
-    async def _boot_failed(self, svc: Service, gen: int, result: str, why: str,
-                           fallback_retry: bool = False) -> None:
+    async def _boot_failed(self, svc: Service, gen: int, result: str, why: str) -> None:
         spec = svc.spec
-        may_fall_back = self.kvm_unproven and self.virt_type == "kvm" and not fallback_retry
-        if not may_fall_back and gen == svc.generation:
+        if gen == svc.generation:
             # Answer the waiters now (SERVFAIL within the deadline); the
             # destroy (a second or more for QEMU to exit) happens after.
             self._mark_failed(svc, result, why)
@@ -315,20 +313,9 @@ class Fleet:
         svc.reserved = False
         if gen != svc.generation:
             return
-        if may_fall_back and any(sig in qemu_tail + console_tail for sig in KVM_FAILURE_SIGNATURES):
-            self.virt_type = "qemu"
-            self.kvm_unproven = False
-            log.warn("KVM cannot run guests on this host ({why}; QEMU log: {tail}); "
-                     "falling back to TCG (virt type qemu) for all VMs",
-                     why=why, tail=qemu_tail.strip().splitlines()[-1:] if qemu_tail.strip() else "")
-            self._set_state(svc, State.STOPPED)
-            defer.Deferred.fromCoroutine(self._boot(svc, fallback_retry=True))
-            return
-        if may_fall_back:
-            self._mark_failed(svc, result, why)
         delay = svc.retry_at - self.now()
         log.error(
-            "{service}: boot of image {image} failed ({result}): {why}; retry allowed in {delay:g}s "
+            "{service}: boot of image {image} failed ({result}): {why}; retry allowed in {delay:.1f}s "
             "(failure {n})\n--- QEMU log ({qlog}):\n{qemu}\n--- console:\n{console}",
             service=svc.name, image=spec.image, result=result, why=why, delay=max(0.0, delay), n=svc.failures,
             qlog=f"/var/log/libvirt/qemu/{spec.domain_name}.log",
@@ -367,6 +354,41 @@ class Fleet:
             metrics.QUERY_TO_READY.labels("resume").observe(now - svc.first_wait)
             log.info("{service}: resumed in {ms:.1f} ms", service=svc.name, ms=(now - svc.first_wait) * 1000)
         self._finish(svc, True)
+
+    # -- virt type ---------------------------------------------------------------
+
+    async def kvm_boot_check(self, spec: VMSpec, timeout: float = 8.0) -> tuple[bool, str]:
+        """Boot ``spec``'s image once under KVM on a private port: True if its
+        probe answers.  /dev/kvm can exist while guests hang or die under it
+        (nested hosts), which only a real boot shows."""
+        import dataclasses
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        check = dataclasses.replace(spec, service="kvm-boot-check", domain_name=self.config.domain_prefix
+                                    + "kvm-boot-check", address="127.0.0.1", config_hash="check")
+        xml = domain_xml(check, "kvm", NetworkSettings("user"), spec.machine, host_port=port)
+        self._check_probe: Probe | None = None
+        try:
+            await self._quiet_destroy(check.domain_name)
+            await self.backend.create(xml)
+        except BackendError as exc:
+            return False, f"libvirt: {exc}"
+        probe = Probe(self.reactor, "127.0.0.1", port, spec.probe_path, expect_status=spec.expect_status,
+                      interval=spec.probe_interval, request_timeout=spec.request_timeout,
+                      deadline=self.now() + timeout, kind=spec.probe_kind)
+        self._check_probe = probe
+        try:
+            await probe.run()
+            return True, "ok"
+        except (ProbeTimeoutError, ProbeCancelledError) as exc:
+            qemu_tail, _console = await self.backend.logs(check.domain_name)
+            last = qemu_tail.strip().splitlines()[-1:] or [""]
+            return False, f"{exc}; last probe error: {probe.last_error}; QEMU: {last[0]}"
+        finally:
+            self._check_probe = None
+            await self._quiet_destroy(check.domain_name)
 
     # -- capacity --------------------------------------------------------------
 
@@ -464,6 +486,10 @@ class Fleet:
     def on_event(self, domain: str, event: str, detail: str, uuid: str = "") -> None:
         svc = self.by_domain.get(domain)
         if svc is None:
+            check = getattr(self, "_check_probe", None)
+            if check is not None and domain.endswith("kvm-boot-check") and event in ("stopped", "crashed",
+                                                                                   "suspended"):
+                check.cancel(f"check domain {event} ({detail})")
             return
         if svc.state is State.BOOTING and svc.domain_uuid is None and svc.reserved:
             # createXML has not returned yet: we cannot tell this instance's
@@ -629,6 +655,13 @@ class Fleet:
                 "stop_mode": svc.spec.stop_mode,
             })
         return rows
+
+
+def _wait(d: defer.Deferred) -> defer.Deferred:
+    """A Deferred firing when ``d`` does, without taking ``d``'s result."""
+    out: defer.Deferred = defer.Deferred()
+    d.addBoth(lambda result: (out.callback(None), result)[1])
+    return out
 
 
 def _sleep(reactor: Any, seconds: float) -> defer.Deferred:

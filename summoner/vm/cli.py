@@ -1,0 +1,113 @@
+"""Glue between the ``summoner`` command line and the on-demand part.
+
+``summoner serve`` gets the on-demand flags (``add_serve_arguments``) and
+calls ``attach`` after building its App and ``start_with_reactor`` after
+listening.  ``summoner status|summon|stop`` (``add_admin_commands``) talk to
+a running server's admin endpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from summoner import admin
+from summoner.vm.app import OnDemand
+from summoner.vm.config import add_cli_arguments, config_from_args
+
+
+def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
+    add_cli_arguments(serve)
+    serve.add_argument("--no-on-demand", action="store_true",
+                       help="serve on-demand hosts' records statically; no libvirt")
+
+
+def attach(app: Any, args: argparse.Namespace, reactor: Any) -> OnDemand | None:
+    """Insert the on-demand stage right after the static stage and take the
+    on-demand declarations out of every zone set the app loads."""
+    if getattr(args, "no_on_demand", False):
+        return None
+    from summoner.zonefile import ZoneSet
+
+    ondemand = OnDemand(config_from_args(args), reactor, lambda: app.responder.clear_cache())
+    app.chain.stages.insert(1, ondemand.stage)
+
+    def hook(zones: ZoneSet) -> ZoneSet:
+        stripped, hosts = ondemand.split(zones.zones.values())  # raises ZoneError: zones refused
+        ondemand.update_hosts(hosts)
+        return ZoneSet({zone.origin: zone for zone in stripped})
+    app.zone_hooks.insert(0, hook)
+    return ondemand
+
+
+def start_with_reactor(ondemand: OnDemand | None, reactor: Any) -> None:
+    """Connect to libvirt and adopt VMs once the reactor runs; open the admin
+    endpoint now; leave VMs running at shutdown (the next start adopts them)."""
+    if ondemand is None:
+        return
+    ondemand.listen_admin()
+    reactor.callWhenRunning(ondemand.start)
+    reactor.addSystemEventTrigger("before", "shutdown", ondemand.stop)
+
+
+def add_admin_commands(commands: Any) -> None:
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--admin", default=admin.DEFAULT_URL, metavar="URL",
+                       help=f"admin endpoint of the running server (default {admin.DEFAULT_URL})")
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    status = commands.add_parser("status", help="show on-demand services of a running server")
+    common(status)
+    status.set_defaults(run=run_status)
+    summon = commands.add_parser("summon", help="boot an on-demand service now and wait until ready")
+    common(summon)
+    summon.add_argument("name", help="host name (hello.example.org) or its first label")
+    summon.set_defaults(run=run_summon)
+    stop = commands.add_parser("stop", help="stop an on-demand service's VM")
+    common(stop)
+    stop.add_argument("name")
+    stop.add_argument("--mode", choices=("destroy", "shutdown", "suspend"), default=None,
+                      help="override the image's stop mode")
+    stop.set_defaults(run=run_stop)
+
+
+def _print(args: argparse.Namespace, result: Any) -> None:
+    import json
+    if args.json:
+        print(json.dumps(result, indent=1))
+    elif isinstance(result, list):
+        print(admin.format_status(result))
+    else:
+        print(admin.format_status([result["service"]]) if result.get("service") else result)
+        if result.get("error"):
+            print(f"error: {result['error']}", file=sys.stderr)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    try:
+        _print(args, admin.fetch_status(args.admin))
+    except admin.AdminError as exc:
+        print(f"summoner: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_summon(args: argparse.Namespace) -> int:
+    try:
+        result = admin.summon(args.admin, args.name)
+    except admin.AdminError as exc:
+        print(f"summoner: {exc}", file=sys.stderr)
+        return 1
+    _print(args, result)
+    return 0 if result.get("ok") else 1
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    try:
+        result = admin.stop(args.admin, args.name, args.mode)
+    except admin.AdminError as exc:
+        print(f"summoner: {exc}", file=sys.stderr)
+        return 1
+    _print(args, result)
+    return 0 if result.get("ok") else 1
