@@ -1,0 +1,224 @@
+"""End to end: real DNS client → ``summoner serve`` → libvirtd → QEMU (TCG)
+guests built from images/, probed over HTTP.  Marked ``vm``: they need
+libvirtd (scripts/start-libvirt.sh) and take a couple of seconds per boot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import dns.rcode
+import pytest
+
+from tests.vm.conftest import URI, our_domains, restart_libvirtd
+
+pytestmark = [pytest.mark.vm, pytest.mark.slow]
+
+
+def addresses(reply) -> list[str]:
+    return [item.address for rrset in reply.answer for item in rrset]
+
+
+def http(method: str, url: str, body: dict | None = None) -> tuple[int, object]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as reply:
+            raw = reply.read()
+            return reply.status, json.loads(raw) if raw.strip().startswith((b"{", b"[")) else raw
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_cold_query_boots_hello_and_http_works(od_server, clean_domains):
+    server = od_server()
+    started = time.monotonic()
+    reply = server.query("hello.od.test", "A", timeout=20)
+    elapsed = time.monotonic() - started
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert addresses(reply) == ["127.0.0.20"]
+    assert reply.answer[0].ttl == 10
+    # The answer came only after the probe: the service answers at once.
+    status, body = http("GET", "http://127.0.0.20:8080/")
+    assert status == 200 and body
+    assert server.status()["hello.od.test"]["state"] == "ready"
+    assert server.metric("summoner_vm_boots_total", service="hello.od.test", result="success") == 1
+    assert server.metric("summoner_vm_probe_attempts_total", result="ok") >= 1
+    print(f"cold query-to-answer {elapsed:.2f}s")
+    # Warm: from the answer cache, same speed as static data.
+    started = time.monotonic()
+    assert addresses(server.query("hello.od.test", "A")) == ["127.0.0.20"]
+    assert time.monotonic() - started < 0.1
+    # Other types of the host: NODATA with the SOA, no boot.
+    nodata = server.query("hello.od.test", "MX")
+    assert nodata.rcode() == dns.rcode.NOERROR and not nodata.answer and nodata.authority
+    # The virsh view: our metadata is visible.
+    xml = subprocess.run(["virsh", "-c", URI, "dumpxml", "summoner-hello.od.test"], capture_output=True,
+                         text=True, check=True).stdout
+    assert 'service="hello.od.test"' in xml and 'image="hello"' in xml
+
+
+def test_tasks_round_trip_and_fifty_concurrent_queries_one_boot(od_server, clean_domains):
+    server = od_server()
+    reply = server.query("tasks.od.test", "A", timeout=20)
+    base = f"http://{addresses(reply)[0]}:8080/todo/api/v1.0/tasks"
+    status, created = http("POST", base, {"title": "summon", "description": "a unikernel"})
+    assert status == 201, created
+    task_id = created["task"]["id"]
+    status, listing = http("GET", base)
+    assert status == 200 and any(t["id"] == task_id for t in listing["tasks"])
+    assert http("DELETE", f"{base}/{task_id}")[0] == 200
+    assert http("GET", f"{base}/{task_id}")[0] == 404
+    assert http("POST", base.replace("tasks", "tasks"), None)[0] in (400, 415)
+
+    # 50 queries at once for a cold name: one boot, 50 answers.
+    with ThreadPoolExecutor(50) as pool:
+        replies = list(pool.map(lambda _: server.query("crowd.od.test", "A", timeout=20), range(50)))
+    assert all(addresses(r) == ["127.0.0.22"] for r in replies)
+    assert server.metric("summoner_vm_boots_total", service="crowd.od.test") == 1
+    assert server.status()["crowd.od.test"]["boot_count"] == 1
+
+
+def test_silent_image_servfails_within_deadline_then_backs_off(od_server, clean_domains):
+    server = od_server()
+    started = time.monotonic()
+    reply = server.query("silent.od.test", "A", timeout=20)
+    elapsed = time.monotonic() - started
+    assert reply.rcode() == dns.rcode.SERVFAIL
+    assert 2.5 < elapsed < 3.0 + 1.0, elapsed  # boot_timeout=3
+    started = time.monotonic()
+    assert server.query("silent.od.test", "A").rcode() == dns.rcode.SERVFAIL  # back-off: no second boot
+    assert time.monotonic() - started < 0.2
+    row = server.status()["silent.od.test"]
+    assert row["state"] == "failed" and row["boot_count"] == 1 and row["retry_in"] > 0
+    assert server.metric("summoner_vm_boots_total", service="silent.od.test", result="timeout") == 1
+    assert server.metric("summoner_vm_boots_total", service="silent.od.test", result="backoff") == 1
+    deadline = time.monotonic() + 10
+    while "summoner-silent.od.test" in our_domains() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "summoner-silent.od.test" not in our_domains()  # destroyed
+    log = server.log()
+    assert "boot of image silent failed (timeout)" in log and "last probe error" in log and "QEMU log" in log
+
+
+def test_idle_reap_reboots_and_suspend_resumes_fast(od_server, clean_domains):
+    server = od_server(hello='"idle=2"', tasks='"idle=2" "stop=suspend"')
+    assert addresses(server.query("hello.od.test", "A", timeout=20)) == ["127.0.0.20"]
+    assert addresses(server.query("tasks.od.test", "A", timeout=20)) == ["127.0.0.21"]
+    server.wait_state("hello.od.test", "stopped", timeout=15)
+    server.wait_state("tasks.od.test", "suspended", timeout=15)
+    assert server.metric("summoner_vm_reaps_total", reason="idle") >= 2
+    # Reaped → the next query boots again.
+    assert addresses(server.query("hello.od.test", "A", timeout=20)) == ["127.0.0.20"]
+    assert server.status()["hello.od.test"]["boot_count"] == 2
+    # Suspended → the next query resumes, in milliseconds, without a boot.
+    started = time.monotonic()
+    assert addresses(server.query("tasks.od.test", "A", timeout=20)) == ["127.0.0.21"]
+    resume = time.monotonic() - started
+    assert resume < 0.5, resume
+    assert http("GET", "http://127.0.0.21:8080/todo/api/v1.0/tasks")[0] == 200
+    assert server.status()["tasks.od.test"]["boot_count"] == 1
+    print(f"resume query-to-answer {resume * 1000:.1f} ms")
+
+
+def test_traffic_without_queries_keeps_a_vm_alive(od_server, clean_domains):
+    server = od_server(hello='"idle=2"')
+    server.query("hello.od.test", "A", timeout=20)
+    for _ in range(8):  # 4 s of HTTP, no DNS
+        assert http("GET", "http://127.0.0.20:8080/")[0] == 200
+        time.sleep(0.5)
+    assert server.status()["hello.od.test"]["state"] == "ready"
+    server.wait_state("hello.od.test", "stopped", timeout=15)
+
+
+def test_virsh_destroy_is_noticed(od_server, clean_domains):
+    server = od_server()
+    server.query("hello.od.test", "A", timeout=20)
+    subprocess.run(["virsh", "-c", URI, "destroy", "summoner-hello.od.test"], check=True, capture_output=True)
+    server.wait_state("hello.od.test", "stopped", timeout=10)
+    assert "stopped outside summoner" in server.log()
+    assert addresses(server.query("hello.od.test", "A", timeout=20)) == ["127.0.0.20"]
+    assert server.status()["hello.od.test"]["boot_count"] == 2
+
+
+def test_restart_readopts_without_booting(od_server, clean_domains):
+    first = od_server()
+    first.query("hello.od.test", "A", timeout=20)
+    first.stop()
+    assert "summoner-hello.od.test" in our_domains()  # VMs outlive summoner
+    second = od_server()
+    second.wait_state("hello.od.test", "ready", timeout=10)
+    started = time.monotonic()
+    assert addresses(second.query("hello.od.test", "A")) == ["127.0.0.20"]
+    assert time.monotonic() - started < 0.5
+    assert second.status()["hello.od.test"]["boot_count"] == 0
+    assert second.metric("summoner_vm_boots_total") == 0
+    assert "adopted running VM" in second.log()
+
+
+def test_removed_service_is_stopped_on_reload(od_server, clean_domains):
+    server = od_server()
+    server.query("crowd.od.test", "A", timeout=20)
+    zone = server.zones / "od.test.zone"
+    zone.write_text("\n".join(line for line in zone.read_text().splitlines() if "crowd" not in line) + "\n")
+    deadline = time.monotonic() + 15
+    while "summoner-crowd.od.test" in our_domains() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "summoner-crowd.od.test" not in our_domains()
+    assert "crowd.od.test" not in server.status()
+
+
+def test_libvirtd_restart_reconnects(od_server, clean_domains):
+    server = od_server()
+    server.query("hello.od.test", "A", timeout=20)
+    restart_libvirtd()
+    deadline = time.monotonic() + 20
+    while server.metric("summoner_libvirt_reconnects_total") < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert server.metric("summoner_libvirt_reconnects_total") >= 1
+    assert addresses(server.query("hello.od.test", "A")) == ["127.0.0.20"]  # still serving, no reboot
+    assert server.status()["hello.od.test"]["boot_count"] == 1
+    # Events flow on the new connection: a destroy behind our back is noticed.
+    subprocess.run(["virsh", "-c", URI, "destroy", "summoner-hello.od.test"], check=True, capture_output=True)
+    server.wait_state("hello.od.test", "stopped", timeout=10)
+    assert addresses(server.query("tasks.od.test", "A", timeout=20)) == ["127.0.0.21"]
+
+
+def test_capacity_reaps_least_recently_used(od_server, clean_domains):
+    server = od_server("--max-vms", "2", "--evict-min-idle", "0")
+    server.query("hello.od.test", "A", timeout=20)
+    server.query("tasks.od.test", "A", timeout=20)
+    time.sleep(0.3)
+    server.query("hello.od.test", "A")  # hello is now more recently used than tasks
+    assert addresses(server.query("crowd.od.test", "A", timeout=20)) == ["127.0.0.22"]
+    states = {name: row["state"] for name, row in server.status().items()}
+    assert states["tasks.od.test"] == "stopped", states
+    assert states["hello.od.test"] == "ready" and states["crowd.od.test"] == "ready"
+    assert server.metric("summoner_vm_reaps_total", reason="capacity") == 1
+
+
+def test_capacity_refusal(od_server, clean_domains):
+    server = od_server("--max-vms", "1", "--evict-min-idle", "600")
+    server.query("hello.od.test", "A", timeout=20)
+    assert server.query("tasks.od.test", "A", timeout=20).rcode() == dns.rcode.SERVFAIL
+    assert server.metric("summoner_vm_capacity_refusals_total") == 1
+
+
+def test_admin_cli(od_server, clean_domains):
+    import sys
+    server = od_server()
+    url = f"127.0.0.1:{server.admin_port}"
+    run = [sys.executable, "-m", "summoner"]
+    out = subprocess.run(run + ["summon", "hello", "--admin", url], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    out = subprocess.run(run + ["status", "--admin", url], capture_output=True, text=True, timeout=30)
+    assert "hello.od.test" in out.stdout and "ready" in out.stdout
+    out = subprocess.run(run + ["stop", "hello", "--admin", url], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert server.status()["hello.od.test"]["state"] == "stopped"
+    out = subprocess.run(run + ["stop", "nope", "--admin", url], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "no on-demand service" in out.stderr
