@@ -68,15 +68,30 @@ class Reaper:
                 continue  # changed while we were reading counters
             token = tokens.get(svc.spec.domain_name)
             if token is not None:
-                # User mode: an open connection to the guest is use in itself,
-                # even if nothing moved since the last tick.
-                open_conns = mode == "user" and bool(token)
-                if token != svc.traffic_token or open_conns:
-                    if svc.traffic_token is not None or open_conns:
-                        svc.last_activity = now
-                    svc.traffic_token = token
+                if traffic_seen(mode, svc.traffic_token, token):
+                    svc.last_activity = now
+                svc.traffic_token = token
             idle = now - svc.last_used()
             if idle >= svc.spec.idle_timeout:
                 reaped.append(svc.name)
                 self.fleet.stop_service(svc, "idle")
         return reaped
+
+
+# slirp keeps closed connections in its table for a while; they are not use.
+_CLOSING = ("TCP[TIME_WAIT]", "TCP[CLOSED]", "TCP[CLOSING]", "TCP[LAST_ACK]", "TCP[FIN_WAIT_2]")
+
+
+def traffic_seen(mode: str, before: Any, now: Any) -> bool:
+    """Whether two activity tokens (see ``LibvirtBackend.traffic``) show use.
+
+    bridge: the interface counters moved.  user: a connection is open (an
+    idle but open connection is a client still using the service), or one
+    appeared since the last look (it may have come and gone in between).
+    """
+    if before is None:
+        return False  # first look: nothing to compare with
+    if mode != "user":
+        return now != before
+    rows = set(now)
+    return any(not row.startswith(_CLOSING) for row in rows) or bool(rows - set(before))

@@ -180,3 +180,18 @@ class ProbeTest(unittest.TestCase):
         with self.assertRaises(ProbeTimeoutError) as info:
             yield probe.run()
         self.assertIn("connect failed", info.exception.last_error)
+
+
+def test_traffic_seen():
+    from summoner.vm.reaper import traffic_seen
+    est = "TCP[ESTABLISHED] 18 127.0.0.10 8080 10.0.2.15 8080 0 0"
+    tw = "TCP[TIME_WAIT] 18 127.0.0.10 8080 10.0.2.15 8080 0 0"
+    tw2 = "TCP[TIME_WAIT] 19 127.0.0.10 8080 10.0.2.15 8080 0 0"
+    assert not traffic_seen("user", None, (est,))
+    assert traffic_seen("user", (), (est,))
+    assert traffic_seen("user", (est,), (est,))          # open connection: in use
+    assert not traffic_seen("user", (tw,), (tw,))        # lingering closed one: not use
+    assert not traffic_seen("user", (tw,), ())
+    assert traffic_seen("user", (tw,), (tw, tw2))        # a new one came and went
+    assert traffic_seen("bridge", (1, 2, 3, 4), (1, 2, 3, 5))
+    assert not traffic_seen("bridge", (1, 2, 3, 4), (1, 2, 3, 4))
