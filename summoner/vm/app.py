@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.web import server
 
@@ -184,7 +185,13 @@ class OnDemand:
         site = server.Site(self.admin_resource())
         site.noisy = False
         site.log = lambda request: None  # no access log line per status call
-        self._admin_port = self.reactor.listenTCP(port, site, interface=host)
+        try:
+            self._admin_port = self.reactor.listenTCP(port, site, interface=host)
+        except CannotListenError as exc:
+            # DNS matters more than the admin endpoint: serve without it.
+            log.error("admin endpoint disabled: cannot listen on {host}:{port}: {err}",
+                      host=host, port=port, err=exc.socketError)
+            return None
         log.info("admin endpoint on http://{host}:{port}/services", host=host, port=port)
         return self._admin_port
 

@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""Cold-start benchmark: what summoning costs on top of booting.
+
+In one run, on the same image (default ``hello``) and accelerator (TCG unless
+``--virt-type kvm``), it measures:
+
+  (a) raw boot-to-first-HTTP-200: the image started directly with QEMU
+      (same machine, memory, kernel, initrd, command line and user-mode
+      port forward as summoner uses), polled every 20 ms like the probe;
+  (b) summoner cold query-to-answer: DNS query for a stopped service until
+      the A answer arrives (the answer goes out when the probe succeeds);
+  (c) warm query latency p50/p99 (service running, answer from cache);
+  (d) resume-from-suspend query-to-answer;
+
+and prints the overhead (b) - (a).  Needs libvirtd (scripts/start-libvirt.sh)
+and built images (make images).  Bounded: --rounds boots of each kind.
+
+    .venv/bin/python bench/cold_start.py [--rounds 5] [--image hello]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from summoner.images import discover_images  # noqa: E402
+from summoner.vm.domxml import USER_GUEST_IP  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+
+ADDRESS = "127.0.0.31"
+RAW_ADDRESS = "127.0.0.32"
+
+
+def http_ok(address: str, port: int, path: str = "/", timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(f"GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
+            line = s.recv(64)
+            return line.startswith(b"HTTP/") and line.split()[1] == b"200"
+    except (OSError, IndexError):
+        return False
+
+
+def raw_boot(manifest, accel: str) -> float:
+    """(a): spawn QEMU, poll HTTP every 20 ms, seconds to the first 200."""
+    port = manifest.service.port
+    b = manifest.boot
+    cmd = ["qemu-system-x86_64", "-machine", f"{b.machine},accel={accel}", "-m", str(manifest.resources.memory_mib),
+           "-smp", str(manifest.resources.vcpus), "-kernel", str(b.kernel),
+           "-append", f"{b.cmdline} ip={USER_GUEST_IP}",
+           "-netdev", f"user,id=n1,restrict=on,hostfwd=tcp:{RAW_ADDRESS}:{port}-:{port}",
+           "-device", "virtio-net-pci,netdev=n1,addr=0x5,romfile=",
+           "-display", "none", "-serial", "null", "-monitor", "none", "-no-reboot", "-nodefaults"]
+    if b.initrd:
+        cmd[cmd.index("-append"):cmd.index("-append")] = ["-initrd", str(b.initrd)]
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        while time.monotonic() - start < 30:
+            if http_ok(RAW_ADDRESS, port):
+                return time.monotonic() - start
+            if proc.poll() is not None:
+                raise RuntimeError(f"qemu exited: {proc.stderr.read().decode()[-500:]}")
+            time.sleep(0.02)
+        raise RuntimeError("raw boot did not answer within 30 s")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def dns_query(name: str, port: int, timeout: float = 30.0) -> tuple[float, bytes]:
+    qid = os.getpid() & 0xFFFF
+    packet = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    packet += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        start = time.perf_counter()
+        s.sendto(packet, ("127.0.0.1", port))
+        reply = s.recv(4096)
+        return time.perf_counter() - start, reply
+
+
+def rcode(reply: bytes) -> int:
+    return reply[3] & 0x0F
+
+
+def admin(port: int, path: str, method: str = "GET"):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                 data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.load(r)
+    except urllib.error.HTTPError as exc:
+        return json.load(exc)
+
+
+def wait_state(port: int, name: str, state: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = {r["name"]: r for r in admin(port, "/services")}
+        if rows[name]["state"] == state:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{name} not {state}")
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--image", default="hello")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--warm-queries", type=int, default=2000)
+    ap.add_argument("--virt-type", default="qemu", choices=("qemu", "kvm"))
+    args = ap.parse_args()
+    accel = "tcg" if args.virt_type == "qemu" else "kvm"
+    images = discover_images(ROOT / "images")
+    manifest = images[args.image]
+    if manifest.missing_artifacts():
+        print(f"image {args.image} is not built: make images", file=sys.stderr)
+        return 1
+
+    raw = [raw_boot(manifest, accel) for _ in range(args.rounds)]
+
+    work = Path(tempfile.mkdtemp(prefix="summoner-bench-"))
+    (work / "zones").mkdir()
+    (work / "zones" / "bench.test.zone").write_text(
+        "$ORIGIN bench.test.\n$TTL 300\n@ IN SOA ns1 hostmaster 1 3600 600 86400 60\n  IN NS ns1\n"
+        f"ns1 IN A 127.0.0.1\nsvc IN A {ADDRESS}\n_summoner.svc IN TXT \"image={args.image}\"\n")
+    dns_port, metrics_port, admin_port = free_port(), free_port(), free_port()
+    log = open(work / "summoner.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "summoner", "serve", "--listen", f"127.0.0.1:{dns_port}", "--zones",
+         str(work / "zones"), "--metrics", f"127.0.0.1:{metrics_port}", "--admin", f"127.0.0.1:{admin_port}",
+         "--virt-type", args.virt_type, "--images", str(ROOT / "images"), "--log-level", "warn"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    name = "svc.bench.test"
+    cold: list[float] = []
+    resume: list[float] = []
+    warm: list[float] = []
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                admin(admin_port, "/services")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        admin(admin_port, f"/services/{name}/stop?mode=destroy", "POST")
+        for _ in range(args.rounds):
+            wait_state(admin_port, name, "stopped")
+            time.sleep(0.3)  # let the previous QEMU exit fully (it competes for CPU)
+            elapsed, reply = dns_query(name, dns_port)
+            assert rcode(reply) == 0, f"cold query failed (rcode {rcode(reply)}), see {work}/summoner.log"
+            cold.append(elapsed)
+            admin(admin_port, f"/services/{name}/stop?mode=destroy", "POST")
+        elapsed, reply = dns_query(name, dns_port)  # boot once more for warm and resume
+        for _ in range(args.warm_queries):
+            warm.append(dns_query(name, dns_port)[0])
+        for _ in range(args.rounds):
+            admin(admin_port, f"/services/{name}/stop?mode=suspend", "POST")
+            wait_state(admin_port, name, "suspended")
+            elapsed, reply = dns_query(name, dns_port)
+            assert rcode(reply) == 0
+            resume.append(elapsed)
+        admin(admin_port, f"/services/{name}/stop?mode=destroy", "POST")
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        log.close()
+        subprocess.run(["virsh", "-c", "qemu:///system", "destroy", f"summoner-{name}"], capture_output=True)
+
+    ms = lambda v: f"{v * 1000:8.1f} ms"  # noqa: E731
+    print(f"image {args.image}, accelerator {accel}, {args.rounds} rounds, machine {manifest.boot.machine}")
+    print(f"(a) raw QEMU boot to first HTTP 200   median {ms(statistics.median(raw))}  "
+          f"min {ms(min(raw))}  max {ms(max(raw))}")
+    print(f"(b) summoner cold query to answer     median {ms(statistics.median(cold))}  "
+          f"min {ms(min(cold))}  max {ms(max(cold))}")
+    print(f"(c) warm query latency ({len(warm)} queries)  p50 {pct(warm, 0.5) * 1e6:.0f} us  "
+          f"p99 {pct(warm, 0.99) * 1e6:.0f} us")
+    print(f"(d) resume from suspend to answer     median {ms(statistics.median(resume))}  "
+          f"max {ms(max(resume))}")
+    print(f"overhead (b) - (a), medians: {(statistics.median(cold) - statistics.median(raw)) * 1000:.0f} ms")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
