@@ -356,10 +356,13 @@ class LibvirtBackend:
 
     # -- operations ------------------------------------------------------------
 
-    def create(self, xml: str) -> defer.Deferred:
+    def create(self, xml: str, autodestroy: bool = False) -> defer.Deferred:
         """Start a transient domain; fires with its UUID (each transient
-        instance gets a new one, which tells its events from a predecessor's)."""
-        return self._call(lambda conn: conn.createXML(xml, 0).UUIDString())
+        instance gets a new one, which tells its events from a predecessor's).
+        ``autodestroy``: libvirt destroys it when this connection closes (for
+        throw-away domains; services' VMs must outlive summoner)."""
+        flags = libvirt.VIR_DOMAIN_START_AUTODESTROY if autodestroy else 0
+        return self._call(lambda conn: conn.createXML(xml, flags).UUIDString())
 
     def destroy(self, name: str) -> defer.Deferred:
         """Hard stop; fires True if it was running, False if already gone."""

@@ -372,7 +372,7 @@ class Fleet:
         self._check_probe: Probe | None = None
         try:
             await self._quiet_destroy(check.domain_name)
-            await self.backend.create(xml)
+            await self.backend.create(xml, autodestroy=True)
         except BackendError as exc:
             return False, f"libvirt: {exc}"
         probe = Probe(self.reactor, "127.0.0.1", port, spec.probe_path, expect_status=spec.expect_status,
