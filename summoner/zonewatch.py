@@ -84,7 +84,10 @@ class ZoneWatcher:
         log.info("reloading zones from {dir} ({why})", dir=str(self.directory), why=why)
         d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
                                       load_zone_dir, self.directory)
-        d.addCallbacks(self._loaded, self._failed)
+        # Separate steps, so a ZoneError raised while applying (on-demand
+        # declarations are checked then) is reported like a parse error.
+        d.addCallback(self._loaded)
+        d.addErrback(self._failed)
         d.addBoth(self._done)
 
     def _loaded(self, zones: ZoneSet) -> None:

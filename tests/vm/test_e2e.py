@@ -222,3 +222,15 @@ def test_admin_cli(od_server, clean_domains):
     assert server.status()["hello.od.test"]["state"] == "stopped"
     out = subprocess.run(run + ["stop", "nope", "--admin", url], capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "no on-demand service" in out.stderr
+
+
+def test_bad_declaration_on_reload_keeps_the_last_good_zones(od_server, vm_env):
+    server = od_server()
+    zone = server.zones / "od.test.zone"
+    zone.write_text(zone.read_text().replace('"image=tasks"', '"image=tasks" "colour=blue"'))
+    deadline = time.monotonic() + 10
+    while "zone reload rejected" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "unknown key 'colour'" in server.log()
+    assert "od.test.zone:9:" in server.log()
+    assert set(server.status()) == {"hello.od.test", "tasks.od.test", "crowd.od.test", "silent.od.test"}
