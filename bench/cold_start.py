@@ -109,11 +109,11 @@ def admin(port: int, path: str, method: str = "GET"):
         return json.load(exc)
 
 
-def wait_state(port: int, name: str, state: str, timeout: float = 20) -> None:
+def wait_state(port: int, name: str, state: str, timeout: float = 20, standby: bool = False) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         rows = {r["name"]: r for r in admin(port, "/services")}
-        if rows[name]["state"] == state:
+        if rows[name]["state"] == state and (rows[name].get("standby") or not standby):
             return
         time.sleep(0.05)
     raise RuntimeError(f"{name} not {state}")
@@ -130,6 +130,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--warm-queries", type=int, default=2000)
     ap.add_argument("--virt-type", default="qemu", choices=("qemu", "kvm"))
+    ap.add_argument("--standby", action="store_true",
+                    help="run summoner with --standby (paused, never-run domains wait for cold queries)")
     args = ap.parse_args()
     accel = "tcg" if args.virt_type == "qemu" else "kvm"
     images = discover_images(ROOT / "images")
@@ -150,7 +152,8 @@ def main() -> int:
     server = subprocess.Popen(
         [sys.executable, "-m", "summoner", "serve", "--listen", f"127.0.0.1:{dns_port}", "--zones",
          str(work / "zones"), "--metrics", f"127.0.0.1:{metrics_port}", "--admin", f"127.0.0.1:{admin_port}",
-         "--virt-type", args.virt_type, "--images", str(ROOT / "images"), "--log-level", "warn"],
+         "--virt-type", args.virt_type, "--images", str(ROOT / "images"), "--log-level", "warn",
+         *(["--standby"] if args.standby else [])],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     name = "svc.bench.test"
     cold: list[float] = []
@@ -168,7 +171,7 @@ def main() -> int:
                 time.sleep(0.1)
         admin(admin_port, f"/services/{name}/stop?mode=destroy", "POST")
         for _ in range(args.rounds):
-            wait_state(admin_port, name, "stopped")
+            wait_state(admin_port, name, "stopped", standby=args.standby)
             time.sleep(0.3)  # let the previous QEMU exit fully (it competes for CPU)
             elapsed, reply = dns_query(name, dns_port)
             assert rcode(reply) == 0, f"cold query failed (rcode {rcode(reply)}), see {work}/summoner.log"
@@ -191,7 +194,8 @@ def main() -> int:
         subprocess.run(["virsh", "-c", "qemu:///system", "destroy", f"summoner-{name}"], capture_output=True)
 
     ms = lambda v: f"{v * 1000:8.1f} ms"  # noqa: E731
-    print(f"image {args.image}, accelerator {accel}, {args.rounds} rounds, machine {manifest.boot.machine}")
+    print(f"image {args.image}, accelerator {accel}, {args.rounds} rounds, machine {manifest.boot.machine}"
+          f"{', summoner --standby' if args.standby else ''}")
     print(f"(a) raw QEMU boot to first HTTP 200   median {ms(statistics.median(raw))}  "
           f"min {ms(min(raw))}  max {ms(max(raw))}")
     print(f"(b) summoner cold query to answer     median {ms(statistics.median(cold))}  "

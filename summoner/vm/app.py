@@ -98,7 +98,7 @@ class OnDemand:
         self.fleet.set_hosts(hosts, self.images)
         self.stage.refresh()
         if self._started and self.backend.connected:
-            self.fleet.reconcile()
+            self.fleet.reconcile().addCallback(lambda _: self.fleet.prepare_all_standby())
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -122,6 +122,7 @@ class OnDemand:
             ready.callback(None)
         self._started = True
         self.reaper.start()
+        self.fleet.prepare_all_standby()
 
     async def _resolve_virt_type(self) -> None:
         if self.config.virt_type != "auto":
@@ -157,7 +158,7 @@ class OnDemand:
 
     def _connected(self) -> None:
         if self._started:
-            self.fleet.reconcile()
+            self.fleet.reconcile().addCallback(lambda _: self.fleet.prepare_all_standby())
 
     def stop(self) -> defer.Deferred:
         """Stop watching; leave VMs running for the next start to adopt."""

@@ -39,14 +39,17 @@ class Metadata:
     config_hash: str
     address: str
     port: int
+    standby: bool = False
 
 
-def metadata_xml(spec: VMSpec) -> str:
-    """The element stored with ``setMetadata`` / embedded at creation."""
-    el = ET.Element(f"{{{NS}}}vm", {
-        "service": spec.service, "image": spec.image, "hash": spec.config_hash,
-        "address": spec.address, "port": str(spec.port),
-    })
+def metadata_xml(spec: VMSpec, standby: bool = False) -> str:
+    """The element stored with ``setMetadata`` / embedded at creation.
+    ``standby``: created paused ahead of demand; the guest has never run."""
+    attrs = {"service": spec.service, "image": spec.image, "hash": spec.config_hash,
+             "address": spec.address, "port": str(spec.port)}
+    if standby:
+        attrs["standby"] = "1"
+    el = ET.Element(f"{{{NS}}}vm", attrs)
     return ET.tostring(el, encoding="unicode")
 
 
@@ -66,7 +69,8 @@ def parse_metadata(text: str | None) -> Metadata | None:
         return None
     try:
         return Metadata(el.attrib["service"], el.attrib.get("image", ""), el.attrib.get("hash", ""),
-                        el.attrib.get("address", ""), int(el.attrib.get("port", "0")))
+                        el.attrib.get("address", ""), int(el.attrib.get("port", "0")),
+                        el.attrib.get("standby") == "1")
     except (KeyError, ValueError):
         return None
 
@@ -99,7 +103,7 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
 
 
 def domain_xml(spec: VMSpec, virt_type: str, net: NetworkSettings, machine: str = "pc",
-               emulator: str | None = None, host_port: int | None = None) -> str:
+               emulator: str | None = None, host_port: int | None = None, standby: bool = False) -> str:
     """Domain XML for a transient domain running ``spec``.
 
     ``virt_type`` is libvirt's domain type: ``kvm`` or ``qemu`` (TCG).
@@ -109,7 +113,7 @@ def domain_xml(spec: VMSpec, virt_type: str, net: NetworkSettings, machine: str 
     _sub(dom, "name", spec.domain_name)
     _sub(dom, "title", f"summoner: {spec.service} ({spec.image})")
     meta = _sub(dom, "metadata")
-    meta.append(ET.fromstring(metadata_xml(spec)))
+    meta.append(ET.fromstring(metadata_xml(spec, standby)))
     _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
     _sub(dom, "vcpu", str(spec.vcpus))
     os_el = _sub(dom, "os")

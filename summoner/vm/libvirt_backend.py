@@ -356,12 +356,14 @@ class LibvirtBackend:
 
     # -- operations ------------------------------------------------------------
 
-    def create(self, xml: str, autodestroy: bool = False) -> defer.Deferred:
+    def create(self, xml: str, autodestroy: bool = False, paused: bool = False) -> defer.Deferred:
         """Start a transient domain; fires with its UUID (each transient
         instance gets a new one, which tells its events from a predecessor's).
         ``autodestroy``: libvirt destroys it when this connection closes (for
         throw-away domains; services' VMs must outlive summoner)."""
         flags = libvirt.VIR_DOMAIN_START_AUTODESTROY if autodestroy else 0
+        if paused:
+            flags |= libvirt.VIR_DOMAIN_START_PAUSED
         return self._call(lambda conn: conn.createXML(xml, flags).UUIDString())
 
     def destroy(self, name: str) -> defer.Deferred:

@@ -31,7 +31,7 @@ from twisted.logger import Logger
 
 from summoner.vm import metrics
 from summoner.vm.config import OnDemandConfig
-from summoner.vm.domxml import NetworkSettings, domain_xml
+from summoner.vm.domxml import NetworkSettings, domain_xml, metadata_xml
 from summoner.vm.hosts import OnDemandHost
 from summoner.vm.libvirt_backend import BackendError, LibvirtBackend
 from summoner.vm.probe import Probe, ProbeCancelledError, ProbeTimeoutError
@@ -76,6 +76,8 @@ class Service:
     first_wait: float | None = None     # first query of the current wait (latency metric)
     stop_event: defer.Deferred | None = None
     generation: int = 0                 # bumped when the service is replaced or removed
+    standby: bool = False               # a paused, never-run domain of this spec is waiting
+    preparing: defer.Deferred | None = None  # standby creation in flight
 
     @property
     def name(self) -> str:
@@ -145,8 +147,9 @@ class Fleet:
         self._finish(svc, False, f"service {reason}")
         if svc.probe is not None:
             svc.probe.cancel(f"service {reason}")
-        if svc.state is not State.STOPPED and svc.state is not State.FAILED:
-            metrics.REAPS.labels(reason).inc()
+        if svc.standby or (svc.state is not State.STOPPED and svc.state is not State.FAILED):
+            if not svc.standby:
+                metrics.REAPS.labels(reason).inc()
             log.info("{service}: {reason} in the zone; destroying its VM", service=svc.name, reason=reason)
             self.backend.destroy(svc.spec.domain_name).addErrback(
                 lambda f: log.warn("{service}: destroy failed: {err}", service=svc.name, err=f.getErrorMessage()))
@@ -200,6 +203,15 @@ class Fleet:
     # -- boot ------------------------------------------------------------------
 
     async def _boot(self, svc: Service) -> None:
+        try:
+            await self._boot_steps(svc)
+        except Exception:
+            # A bug must not leave queries waiting forever.
+            log.failure("{service}: boot failed unexpectedly", service=svc.name)
+            if svc.waiters or svc.state is State.BOOTING:
+                self._mark_failed(svc, "error", "internal error (see log)")
+
+    async def _boot_steps(self, svc: Service) -> None:
         gen = svc.generation
         spec = svc.spec
         self._set_state(svc, State.BOOTING)
@@ -229,11 +241,17 @@ class Fleet:
             svc.reserved = True
             start = self.now()
             deadline = start + spec.boot_timeout
-            xml = domain_xml(spec, self.virt_type, self.net, spec.machine)
-            svc.domain_uuid = None
+            if svc.preparing is not None:
+                await _wait(svc.preparing)
+            if svc.standby and await self._use_standby(svc):
+                xml = ""
+            else:
+                xml = domain_xml(spec, self.virt_type, self.net, spec.machine)
+                svc.domain_uuid = None
             svc.early_events = []
             try:
-                svc.domain_uuid = await self.backend.create(xml)
+                if xml:
+                    svc.domain_uuid = await self.backend.create(xml)
             except BackendError as exc:
                 if "already exists" in str(exc) or "already active" in str(exc):
                     # A leftover of ours (e.g. a failed destroy): replace it.
@@ -284,6 +302,8 @@ class Fleet:
             svc.traffic_token = None
             svc.reserved = False
             self._set_state(svc, State.READY)
+            if not xml:  # was a standby: it is a running VM now
+                self.backend.set_metadata(spec.domain_name, metadata_xml(spec)).addErrback(lambda f: None)
             metrics.BOOTS.labels(svc.name, "success").inc()
             if svc.first_wait is not None:
                 metrics.QUERY_TO_READY.labels("boot").observe(now - svc.first_wait)
@@ -292,6 +312,49 @@ class Fleet:
             self._finish(svc, True)
         finally:
             self._boot_slots.release()
+
+    async def _use_standby(self, svc: Service) -> bool:
+        """Start the guest of the waiting paused domain; False if that fails
+        (the caller then creates a domain as usual)."""
+        svc.standby = False
+        try:
+            await self.backend.resume(svc.spec.domain_name)
+            return True
+        except BackendError as exc:
+            log.warn("{service}: standby domain unusable ({err}); creating one", service=svc.name, err=exc)
+            await self._quiet_destroy(svc.spec.domain_name)
+            return False
+
+    def prepare_standby(self, svc: Service) -> None:
+        """Create the paused standby domain of a stopped service, if wanted."""
+        if (not self.config.standby or svc.standby or svc.preparing is not None
+                or svc.state is not State.STOPPED or not self.backend.connected
+                or not self.virt_decided.called or missing_artifacts(svc.spec)):
+            return
+        gen = svc.generation
+        spec = svc.spec
+        xml = domain_xml(spec, self.virt_type, self.net, spec.machine, standby=True)
+
+        def created(uuid: str) -> None:
+            if gen != svc.generation:  # the service was removed or replaced meanwhile
+                self.backend.destroy(spec.domain_name).addErrback(lambda f: None)
+            elif svc.state in (State.STOPPED, State.BOOTING):  # a booting one waits for it and uses it
+                svc.standby = True
+                svc.domain_uuid = uuid
+
+        def failed(failure: Any) -> None:
+            log.warn("{service}: cannot prepare a standby domain: {err}", service=svc.name,
+                     err=failure.getErrorMessage())
+
+        def done(_: Any) -> None:
+            svc.preparing = None
+        d = self.backend.create(xml, paused=True)
+        d.addCallbacks(created, failed).addBoth(done)
+        svc.preparing = d
+
+    def prepare_all_standby(self) -> None:
+        for svc in self.services.values():
+            self.prepare_standby(svc)
 
     async def _quiet_destroy(self, domain: str) -> None:
         try:
@@ -467,6 +530,7 @@ class Fleet:
             return False
         if final is State.STOPPED:
             svc.started_at = None
+            self.reactor.callLater(0, self.prepare_standby, svc)
         log.info("{service}: {how} ({reason}, idle {idle:.1f}s)", service=svc.name,
                  how={State.SUSPENDED: "suspended", State.STOPPED: f"stopped by {mode}"}.get(final, "still running"),
                  reason=reason, idle=idle)
@@ -500,6 +564,8 @@ class Fleet:
         if uuid and svc.domain_uuid and uuid != svc.domain_uuid:
             return  # an earlier instance of this domain (destroyed before a re-boot)
         if event in ("stopped", "crashed"):
+            if svc.standby:
+                svc.standby = False  # the standby domain went away (virsh destroy?)
             if svc.stop_event is not None and not svc.stop_event.called:
                 svc.stop_event.callback(True)
             if svc.state is State.BOOTING:
@@ -510,6 +576,7 @@ class Fleet:
                 metrics.REAPS.labels("external").inc()
                 svc.started_at = None
                 self._set_state(svc, State.STOPPED)
+                self.reactor.callLater(0, self.prepare_standby, svc)
         elif event == "suspended":
             if svc.state is State.BOOTING and svc.reserved:
                 self._abort_boot(svc, f"guest paused during boot ({detail})")
@@ -564,7 +631,10 @@ class Fleet:
                 await self._quiet_destroy(info.name)
                 continue
             seen.add(svc.name)
-            if svc.state in (State.STOPPED, State.FAILED):
+            if svc.state is State.STOPPED and info.state == "paused" and meta.standby:
+                svc.standby = True
+                svc.domain_uuid = info.uuid
+            elif svc.state in (State.STOPPED, State.FAILED):
                 if info.state == "paused":
                     svc.domain_uuid = info.uuid
                     svc.started_at = svc.started_at or self.now()
@@ -579,6 +649,8 @@ class Fleet:
             elif svc.state is State.SUSPENDED and info.state == "running":
                 self._set_state(svc, State.READY)
         for svc in self.services.values():
+            if svc.name not in seen and svc.standby:
+                svc.standby = False
             if svc.name not in seen and svc.state in (State.READY, State.SUSPENDED):
                 log.warn("{service}: its VM is gone (stopped while libvirt was unreachable?)", service=svc.name)
                 metrics.REAPS.labels("external").inc()
@@ -653,6 +725,7 @@ class Fleet:
                 "memory_mib": svc.spec.memory_mib,
                 "idle_timeout": svc.spec.idle_timeout,
                 "stop_mode": svc.spec.stop_mode,
+                "standby": svc.standby,
             })
         return rows
 

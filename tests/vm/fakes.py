@@ -88,7 +88,7 @@ class FakeBackend:
         return defer.succeed((False, "fake"))
 
     # operations
-    def create(self, xml: str) -> defer.Deferred:
+    def create(self, xml: str, autodestroy: bool = False, paused: bool = False) -> defer.Deferred:
         meta = parse_metadata(xml)
         assert meta is not None
         name = xml.split("<name>", 1)[1].split("</name>", 1)[0]
@@ -96,9 +96,10 @@ class FakeBackend:
             return defer.fail(BackendError(f"domain '{name}' already exists"))
         self.creates += 1
         uuid = f"uuid-{next(self._uuids)}"
-        dom = {"meta": meta, "state": "running", "port": None, "uuid": uuid, "xml": xml}
+        dom = {"meta": meta, "state": "paused" if paused else "running", "port": None, "uuid": uuid, "xml": xml,
+               "ran": not paused}
         self.domains[name] = dom
-        if meta.service not in self.silent:
+        if meta.service not in self.silent and not paused:
             dom["timer"] = reactor.callLater(self.boot_delay, self._listen, name)
         return task.deferLater(reactor, 0.001, lambda: uuid)
 
@@ -151,7 +152,18 @@ class FakeBackend:
         if dom is None:
             return defer.fail(BackendError("Domain not found"))
         dom["state"] = "running"
-        self._listen(name)
+        if not dom["ran"]:  # a standby domain: the guest boots now
+            dom["ran"] = True
+            if dom["meta"].service not in self.silent:
+                dom["timer"] = reactor.callLater(self.boot_delay, self._listen, name)
+        else:
+            self._listen(name)
+        return defer.succeed(None)
+
+    def set_metadata(self, name: str, xml: str) -> defer.Deferred:
+        from summoner.vm.domxml import parse_metadata
+        if name in self.domains:
+            self.domains[name]["meta"] = parse_metadata(xml)
         return defer.succeed(None)
 
     def state(self, name: str) -> defer.Deferred:

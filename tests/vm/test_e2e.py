@@ -234,3 +234,18 @@ def test_bad_declaration_on_reload_keeps_the_last_good_zones(od_server, vm_env):
     assert "unknown key 'colour'" in server.log()
     assert "od.test.zone:9:" in server.log()
     assert set(server.status()) == {"hello.od.test", "tasks.od.test", "crowd.od.test", "silent.od.test"}
+
+
+def test_standby_domain_serves_the_cold_query(od_server, clean_domains):
+    server = od_server("--standby")
+    deadline = time.monotonic() + 20
+    while not server.status()["hello.od.test"]["standby"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.status()["hello.od.test"]["standby"]
+    state = subprocess.run(["virsh", "-c", URI, "domstate", "summoner-hello.od.test"], capture_output=True,
+                           text=True).stdout.strip()
+    assert state == "paused"
+    assert addresses(server.query("hello.od.test", "A", timeout=20)) == ["127.0.0.20"]
+    assert http("GET", "http://127.0.0.20:8080/")[0] == 200
+    row = server.status()["hello.od.test"]
+    assert row["state"] == "ready" and row["boot_count"] == 1 and not row["standby"]

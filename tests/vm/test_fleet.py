@@ -323,3 +323,31 @@ class FleetTest(unittest.TestCase):
         self.assertEqual(answer.rcode, RCODE.SERVFAIL)
         self.assertIn("not built", self.svc("hello.example.org").last_error)
         self.assertEqual(self.backend.creates, 0)
+
+    @defer.inlineCallbacks
+    def test_standby_domain_is_used_by_the_cold_boot_and_prepared_again(self):
+        od = self.make([host("hello", "127.0.0.98", "hello")], {"hello": manifest("hello")}, standby=True)
+        yield od.start()
+        yield sleep(0.05)
+        svc = self.svc("hello.example.org")
+        self.assertTrue(svc.standby)
+        self.assertEqual(self.backend.domains["summoner-hello.example.org"]["state"], "paused")
+        self.assertEqual(self.backend.creates, 1)
+        answer = yield od.stage.resolve(Query.of("hello.example.org", "A"))
+        self.assertEqual(answer.rcode, RCODE.NOERROR)
+        self.assertEqual(self.backend.creates, 1)  # the query resumed the standby, no create
+        self.assertEqual(svc.boot_count, 1)
+        self.assertFalse(svc.standby)
+        yield od.stop_service("hello.example.org")
+        yield sleep(0.05)
+        self.assertTrue(svc.standby)  # a new standby after the stop
+        self.assertEqual(self.backend.creates, 2)
+        # A restarted summoner takes the standby over instead of making another.
+        od2 = OnDemand(OnDemandConfig(admin=None, virt_type="qemu", standby=True), reactor, lambda: None,
+                       backend=self.backend, images={"hello": manifest("hello")})
+        od2.update_hosts([host("hello", "127.0.0.98", "hello")])
+        yield od2.start()
+        self.assertTrue(od2.fleet.services["hello.example.org"].standby)
+        self.assertEqual(od2.fleet.services["hello.example.org"].state, State.STOPPED)
+        self.assertEqual(self.backend.creates, 2)
+        od2.reaper.stop()
