@@ -9,7 +9,14 @@ from pathlib import Path
 from summoner import __version__
 from summoner.arrowhead.config import ArrowheadConfigError, config_from_args
 from summoner.arrowhead.config import add_cli_arguments as add_arrowhead_arguments
-from summoner.vm.cli import add_admin_commands, add_serve_arguments, attach, start_with_reactor
+from summoner.vm.cli import (
+    add_admin_commands,
+    add_check_arguments,
+    add_serve_arguments,
+    attach,
+    check_on_demand,
+    start_with_reactor,
+)
 from summoner.zonefile import ZoneError, load_zone_dir
 
 
@@ -54,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate zone files and exit")
     check.add_argument("--zones", type=Path, default=Path("zones"), metavar="DIR")
+    add_check_arguments(check)
     check.set_defaults(run=run_check)
     add_admin_commands(commands)
     return parser
@@ -68,7 +76,10 @@ def run_check(args: argparse.Namespace) -> int:
         return 1
     for zone in zones.zones.values():
         print(f"{zone.path}: zone {zone.origin}: {zone.record_count} records OK")
-    return 0
+    problems = check_on_demand(zones.zones.values(), args)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1 if problems else 0
 
 
 def run_serve(args: argparse.Namespace) -> int:

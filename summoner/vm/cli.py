@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from summoner import admin
@@ -49,6 +50,27 @@ def start_with_reactor(ondemand: OnDemand | None, reactor: Any) -> None:
     ondemand.listen_admin()
     reactor.callWhenRunning(ondemand.start)
     reactor.addSystemEventTrigger("before", "shutdown", ondemand.stop)
+
+
+def add_check_arguments(check: argparse.ArgumentParser) -> None:
+    check.add_argument("--images", type=Path, action="append", default=None, metavar="DIR",
+                       help="image directories to check on-demand declarations against (default: images)")
+    check.add_argument("--network", choices=("user", "bridge"), default="user")
+
+
+def check_on_demand(zones: Any, args: argparse.Namespace) -> list[str]:
+    """``summoner check``: the on-demand declarations' problems (empty: fine)."""
+    from summoner.vm.app import discover
+    from summoner.vm.hosts import split_on_demand
+    from summoner.zonefile import ZoneError
+    dirs = args.images or [Path("images")]
+    try:
+        _zones, hosts = split_on_demand(zones, discover(dirs), args.network)
+    except ZoneError as exc:
+        return exc.problems
+    for host in hosts:
+        print(f"{host.location}: on-demand {host.name} -> image {host.image} at {host.address}")
+    return []
 
 
 def add_admin_commands(commands: Any) -> None:
