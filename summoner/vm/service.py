@@ -241,6 +241,20 @@ class Fleet:
             svc.reserved = True
             start = self.now()
             deadline = start + spec.boot_timeout
+            if not self.backend.connected:
+                # libvirtd restarting: reconnection takes well under a second,
+                # so wait for it (within the deadline) rather than fail.
+                if not await _first(self.reactor, _wait(self.backend.when_connected()), spec.boot_timeout):
+                    msg = f"libvirt unreachable at {self.config.libvirt_uri}"
+                    log.warn("{service}: boot refused: {msg}", service=svc.name, msg=msg)
+                    svc.last_error = msg
+                    svc.reserved = False
+                    metrics.BOOTS.labels(svc.name, "error").inc()
+                    self._set_state(svc, State.STOPPED)  # no back-off: the image is not at fault
+                    self._finish(svc, False, msg)
+                    return
+                start = self.now()
+                deadline = start + spec.boot_timeout
             if svc.preparing is not None:
                 await _wait(svc.preparing)
             if svc.standby and await self._use_standby(svc):

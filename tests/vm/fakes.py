@@ -84,6 +84,21 @@ class FakeBackend:
             self._unlisten(name)
         return defer.succeed(None)
 
+    def when_connected(self) -> defer.Deferred:
+        if self.connected:
+            return defer.succeed(True)
+        self._waiting = getattr(self, "_waiting", [])
+        d: defer.Deferred = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+    def reconnect(self) -> None:
+        self.connected = True
+        for d in getattr(self, "_waiting", []):
+            d.callback(True)
+        self._waiting = []
+        self.on_connected()
+
     def kvm_usable(self) -> defer.Deferred:
         return defer.succeed((False, "fake"))
 

@@ -351,3 +351,27 @@ class FleetTest(unittest.TestCase):
         self.assertEqual(od2.fleet.services["hello.example.org"].state, State.STOPPED)
         self.assertEqual(self.backend.creates, 2)
         od2.reaper.stop()
+
+    @defer.inlineCallbacks
+    def test_boot_waits_for_libvirt_to_come_back(self):
+        od = self.make([host("hello", "127.0.0.99", "hello")], {"hello": manifest("hello")})
+        yield od.start()
+        self.backend.connected = False
+        d = od.stage.resolve(Query.of("hello.example.org", "A"))
+        yield sleep(0.2)
+        self.assertFalse(d.called)
+        self.backend.reconnect()
+        answer = yield d
+        self.assertEqual(answer.rcode, RCODE.NOERROR)
+
+    @defer.inlineCallbacks
+    def test_shutdown_mode_destroys_after_grace(self):
+        od = self.make([host("hello", "127.0.0.100", "hello", idle=0.2, stop="shutdown")],
+                       {"hello": manifest("hello")})
+        yield od.start()
+        yield od.stage.resolve(Query.of("hello.example.org", "A"))
+        yield sleep(0.5)
+        self.assertEqual(self.svc("hello.example.org").state, State.STOPPING)  # ACPI ignored, in grace
+        yield sleep(0.6)
+        self.assertEqual(self.svc("hello.example.org").state, State.STOPPED)
+        self.assertEqual(self.backend.destroys, 1)
