@@ -323,6 +323,11 @@ class TestHello:
     def test_root_answers_200(self, hello_vm: RawVM) -> None:
         assert get(hello_vm, "/") == (200, b"hello from summoner\n")
 
+    def test_head_has_no_body(self, hello_vm: RawVM) -> None:
+        response = send_raw(hello_vm, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert response.startswith(b"HTTP/1.1 200")
+        assert response.endswith(b"Content-Length: 20\r\nConnection: close\r\n\r\n")
+
     def test_other_paths_404(self, hello_vm: RawVM) -> None:
         assert get(hello_vm, "/missing")[0] == 404
         assert get(hello_vm, "/?q=1")[0] == 200  # the query string is not part of the path
