@@ -14,6 +14,7 @@ import shutil
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -341,6 +342,11 @@ class TestHello:
         assert send_raw(hello_vm, b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 414")
         assert get(hello_vm, "/") == (200, b"hello from summoner\n")
 
+    def test_concurrent_clients(self, hello_vm: RawVM) -> None:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            results = list(pool.map(lambda _: get(hello_vm, "/"), range(96)))
+        assert results == [(200, b"hello from summoner\n")] * 96
+
     def test_stalled_clients_do_not_block_others(self, hello_vm: RawVM) -> None:
         # Half-sent requests hold connections open; the single-threaded
         # server must still answer a new client promptly.
@@ -414,6 +420,21 @@ class TestTasks:
         assert get(tasks_vm, API, "POST", huge)[0] == 413
         long_title = json.dumps({"title": "x" * 300}).encode()  # fits the body cap, not the field cap
         assert get(tasks_vm, API, "POST", long_title)[0] == 400
+
+    def test_task_limit(self, tasks_vm: RawVM) -> None:
+        created = []
+        try:
+            for _ in range(200):
+                status, body = get(tasks_vm, API, "POST", b'{"title": "filler"}')
+                if status != 201:
+                    break
+                created.append(json.loads(body)["task"]["id"])
+            assert status == 507 and "limit" in json.loads(body)["error"]
+            assert len(json.loads(get(tasks_vm, API)[1])["tasks"]) == 128
+        finally:
+            for task_id in created:
+                get(tasks_vm, f"{API}/{task_id}", "DELETE")
+        assert get(tasks_vm, API, "POST", b'{"title": "room again"}')[0] == 201
 
     def test_body_split_across_segments(self, tasks_vm: RawVM) -> None:
         body = json.dumps({"title": "slow", "description": "d" * 500}).encode()
