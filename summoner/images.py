@@ -360,7 +360,10 @@ def build_image(name_or_all: str, images_dir: str | Path) -> None:
     known = set(discover_images(images_dir)) | set(_EXTRA_TARGETS)
     if target not in known:
         raise ImageBuildError(f"unknown image {target!r}; known: {', '.join(sorted(known))}")
-    result = subprocess.run(["make", "-C", str(images_dir), target], check=False)
+    try:
+        result = subprocess.run(["make", "-C", str(images_dir), target], check=False)
+    except OSError as exc:  # make itself missing: say so, don't crash the CLI
+        raise ImageBuildError(f"cannot run make: {exc}") from exc
     if result.returncode != 0:
         raise ImageBuildError(f"make -C {images_dir} {target} failed with exit status {result.returncode}")
 

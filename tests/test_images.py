@@ -268,6 +268,11 @@ needs_tools = pytest.mark.skipif(
 )
 
 
+# The first boot test may build the kernel (minutes on 2 cores) inside its
+# fixture, which pytest-timeout counts against that test.
+boot_test = pytest.mark.timeout(1200)
+
+
 @pytest.fixture(scope="session")
 def built_images() -> None:
     # One build for the whole session; make's up-to-date checks and the
@@ -319,6 +324,7 @@ def send_raw(vm: RawVM, data: bytes, read: bool = True) -> bytes:
 
 
 @pytest.mark.slow
+@boot_test
 @needs_tools
 class TestHello:
     def test_root_answers_200(self, hello_vm: RawVM) -> None:
@@ -363,6 +369,7 @@ class TestHello:
 
 
 @pytest.mark.slow
+@boot_test
 @needs_tools
 class TestTasks:
     def test_probe_path(self, tasks_vm: RawVM) -> None:
@@ -459,6 +466,7 @@ class TestTasks:
 
 
 @pytest.mark.slow
+@boot_test
 @needs_tools
 def test_silent_image_never_answers(built_images: None, tmp_path: Path) -> None:
     manifest = load_manifest(SILENT)
