@@ -309,13 +309,44 @@ static int parse_head(char *in, size_t head_len, char *method, size_t method_cap
     return 0;
 }
 
+/* Can in[0..len) still become a valid request line?  Lets garbage get its
+ * 400 at once instead of holding a connection slot until the read deadline. */
+static int plausible_prefix(const char *in, size_t len)
+{
+    size_t i = 0;
+    while (i < len && is_tchar((unsigned char)in[i]))
+        i++;
+    if (i == len)
+        return 1;
+    if (i == 0 || in[i] != ' ')
+        return 0;
+    if (++i == len)
+        return 1;
+    if (in[i] != '/')
+        return 0;
+    while (i < len && (unsigned char)in[i] > ' ' && (unsigned char)in[i] != 0x7f)
+        i++;
+    if (i == len)
+        return 1;
+    if (in[i] != ' ')
+        return 0;
+    i++;
+    static const char version[] = "HTTP/";
+    for (size_t k = 0; k < sizeof version - 1 && i < len; k++, i++)
+        if (in[i] != version[k])
+            return 0;
+    return 1;
+}
+
 /* Called after every read: answer as soon as the request is complete. */
 static void conn_try_request(struct conn *c)
 {
     size_t search = c->in_len < HTTP_HEADER_MAX ? c->in_len : HTTP_HEADER_MAX;
     char *hend = memmem(c->in, search, "\r\n\r\n", 4);
     if (!hend) {
-        if (c->in_len >= HTTP_HEADER_MAX)
+        if (!plausible_prefix(c->in, c->in_len))
+            conn_error(c, 400, "Bad Request");
+        else if (c->in_len >= HTTP_HEADER_MAX)
             conn_error(c, 431, "request head too large");
         return; /* wait for more bytes */
     }
