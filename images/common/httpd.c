@@ -173,7 +173,7 @@ static const char *reason(int status)
 
 /* Turn a response into wire bytes and switch the connection to writing.
  * If even that allocation fails, drop the connection: nothing else is safe. */
-static void conn_respond(struct conn *c, struct http_response *resp)
+static void conn_respond(struct conn *c, struct http_response *resp, int head_only)
 {
     if (resp->body.failed) {
         free(resp->body.data);
@@ -192,7 +192,8 @@ static void conn_respond(struct conn *c, struct http_response *resp)
                resp->status, reason(resp->status),
                resp->content_type ? resp->content_type : "text/plain",
                resp->body.len);
-    if (resp->body.len)
+    /* A HEAD response announces the length of the body it does not send. */
+    if (resp->body.len && !head_only)
         buf_append(&out, resp->body.data, resp->body.len);
     free(resp->body.data);
     resp->body = (struct http_buf){0};
@@ -213,7 +214,7 @@ static void conn_error(struct conn *c, int status, const char *msg)
     struct http_response resp = {.status = status};
     buf_puts(&resp.body, msg);
     buf_puts(&resp.body, "\n");
-    conn_respond(c, &resp);
+    conn_respond(c, &resp, 0);
 }
 
 static int is_tchar(unsigned char ch)
@@ -308,13 +309,44 @@ static int parse_head(char *in, size_t head_len, char *method, size_t method_cap
     return 0;
 }
 
+/* Can in[0..len) still become a valid request line?  Lets garbage get its
+ * 400 at once instead of holding a connection slot until the read deadline. */
+static int plausible_prefix(const char *in, size_t len)
+{
+    size_t i = 0;
+    while (i < len && is_tchar((unsigned char)in[i]))
+        i++;
+    if (i == len)
+        return 1;
+    if (i == 0 || in[i] != ' ')
+        return 0;
+    if (++i == len)
+        return 1;
+    if (in[i] != '/')
+        return 0;
+    while (i < len && (unsigned char)in[i] > ' ' && (unsigned char)in[i] != 0x7f)
+        i++;
+    if (i == len)
+        return 1;
+    if (in[i] != ' ')
+        return 0;
+    i++;
+    static const char version[] = "HTTP/";
+    for (size_t k = 0; k < sizeof version - 1 && i < len; k++, i++)
+        if (in[i] != version[k])
+            return 0;
+    return 1;
+}
+
 /* Called after every read: answer as soon as the request is complete. */
 static void conn_try_request(struct conn *c)
 {
     size_t search = c->in_len < HTTP_HEADER_MAX ? c->in_len : HTTP_HEADER_MAX;
     char *hend = memmem(c->in, search, "\r\n\r\n", 4);
     if (!hend) {
-        if (c->in_len >= HTTP_HEADER_MAX)
+        if (!plausible_prefix(c->in, c->in_len))
+            conn_error(c, 400, "Bad Request");
+        else if (c->in_len >= HTTP_HEADER_MAX)
             conn_error(c, 431, "request head too large");
         return; /* wait for more bytes */
     }
@@ -343,7 +375,7 @@ static void conn_try_request(struct conn *c)
     };
     struct http_response resp = {.status = 200};
     config->handler(&req, &resp);
-    conn_respond(c, &resp);
+    conn_respond(c, &resp, strcmp(method, "HEAD") == 0);
 }
 
 static void conn_on_readable(struct conn *c)
@@ -364,8 +396,12 @@ static void conn_on_readable(struct conn *c)
         if (c->state != C_READING)
             return;
         size_t room = REQ_MAX - c->in_len;
-        if (room == 0)
-            return; /* cannot happen: requests are answered before the buffer fills */
+        if (room == 0) {
+            /* Cannot happen (a request is answered before the buffer fills),
+             * but never leave a readable socket unserviced: poll would spin. */
+            conn_close(c);
+            return;
+        }
         ssize_t r = recv(c->fd, c->in + c->in_len, room, 0);
         if (r < 0) {
             if (errno == EINTR)

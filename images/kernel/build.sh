@@ -1,6 +1,6 @@
 #!/bin/sh
 # Build summoner's shared guest kernel from Debian's linux-source-6.1 package:
-# tinyconfig + guest.config -> build/vmlinux (an ELF with a PVH entry note that
+# tinyconfig + guest.config (+ patches/*.patch) -> build/vmlinux (an ELF with a PVH entry note that
 # QEMU boots directly with -kernel).
 #
 # The result is cached: build/vmlinux is only rebuilt when the hash of the
@@ -35,7 +35,11 @@ fi
 unset MAKEFLAGS MFLAGS MAKELEVEL MAKEOVERRIDES
 # Hashing the 130 MB tarball costs well under a second, and unlike its mtime
 # it also notices a Debian point release that replaced the file in place.
-inputs=$( (sha256sum <"$tarball"; sha256sum <"$fragment"; sha256sum <"$0") | sha256sum | cut -c1-64)
+tarsum=$(sha256sum <"$tarball" | cut -c1-64)
+# Local patches (patches/*.patch, applied in name order with patch -p1) are
+# part of the source identity: changing one means a fresh extraction.
+patchsum=$(cat /dev/null "$here"/patches/*.patch 2>/dev/null | sha256sum | cut -c1-64)
+inputs=$( (echo "$tarsum $patchsum"; sha256sum <"$fragment"; sha256sum <"$0") | sha256sum | cut -c1-64)
 
 if [ "${FORCE:-0}" != 1 ] && [ -f "$build/vmlinux" ] && [ -f "$build/inputs.sha256" ] \
         && [ "$(cat "$build/inputs.sha256")" = "$inputs" ]; then
@@ -44,13 +48,17 @@ if [ "${FORCE:-0}" != 1 ] && [ -f "$build/vmlinux" ] && [ -f "$build/inputs.sha2
 fi
 
 src="$build/src"
-tarsum=$(sha256sum <"$tarball" | cut -c1-64)
-if [ ! -f "$src/.extracted" ] || [ "$(cat "$src/.extracted")" != "$tarsum" ]; then
+if [ ! -f "$src/.extracted" ] || [ "$(cat "$src/.extracted")" != "$tarsum $patchsum" ]; then
     echo "kernel: extracting $tarball"
     rm -rf "$src"
     mkdir -p "$src"
     tar -xJf "$tarball" -C "$src" --strip-components=1
-    echo "$tarsum" >"$src/.extracted"
+    for p in "$here"/patches/*.patch; do
+        [ -e "$p" ] || continue
+        echo "kernel: applying $(basename "$p")"
+        patch -d "$src" -p1 --quiet --forward <"$p"
+    done
+    echo "$tarsum $patchsum" >"$src/.extracted"
 fi
 
 # Fixed identity strings make the build reproducible (same inputs, same bytes).
