@@ -16,7 +16,6 @@ The server calls, in order::
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
@@ -33,26 +32,6 @@ from summoner.vm.service import Fleet, State
 from summoner.vm.stage import OnDemandStage
 
 log = Logger(namespace="summoner.vm")
-
-
-VERDICT_PATH = Path("/run/summoner/kvm-boot-check")
-
-
-def _read_verdict() -> tuple[bool, str] | None:
-    try:
-        text = VERDICT_PATH.read_text().strip()
-    except OSError:
-        return None
-    verdict, _, why = text.partition(" ")
-    return (verdict == "kvm", why or verdict) if verdict in ("kvm", "qemu") else None
-
-
-def _write_verdict(ok: bool, why: str) -> None:
-    try:
-        VERDICT_PATH.parent.mkdir(parents=True, exist_ok=True)
-        VERDICT_PATH.write_text(f"{'kvm' if ok else 'qemu'} {why}\n")
-    except OSError as exc:
-        log.warn("cannot cache the KVM verdict in {path}: {err}", path=VERDICT_PATH, err=exc)
 
 
 def discover(images_dirs: Iterable[Any]) -> dict[str, Any]:
@@ -129,32 +108,18 @@ class OnDemand:
             self.fleet.virt_type = self.config.virt_type
             return
         ok, why = await self.backend.kvm_usable()
-        if ok:
-            from summoner.vm.spec import missing_artifacts
-            specs = [s.spec for s in self.fleet.services.values() if not missing_artifacts(s.spec)]
-            if not specs:
-                self.fleet.virt_type = "kvm"
-                log.warn("virt type auto: KVM offered but no built image to check it with; using kvm")
-                return
-            # Boots wait for the verdict; DNS keeps answering meanwhile.  The
-            # verdict is kept in /run (until the host reboots), so restarts
-            # do not pay for a test boot again.
-            cached = _read_verdict()
-            if cached is not None:
-                ok, why = cached
-                spec = specs[0]
-                why = f"{why} (cached in {VERDICT_PATH})"
-            else:
-                spec = min(specs, key=lambda s: s.memory_mib)
-                ok, why = await self.fleet.kvm_boot_check(spec)
-                _write_verdict(ok, why)
-            if ok:
-                self.fleet.virt_type = "kvm"
-                log.info("virt type auto: KVM boot check passed ({image}); using kvm", image=spec.image)
-                return
-            why = f"a test boot of {spec.image} under KVM failed: {why}"
-        self.fleet.virt_type = "qemu"
-        log.warn("virt type auto: KVM unusable ({why}); falling back to TCG (virt type qemu)", why=why)
+        if not ok:
+            self.fleet.virt_type = "qemu"
+            log.warn("virt type auto: KVM unavailable ({why}); using TCG (virt type qemu)", why=why)
+            return
+        from summoner.vm.spec import missing_artifacts
+        specs = [s.spec for s in self.fleet.services.values() if not missing_artifacts(s.spec)]
+        if not specs:
+            # Nothing to test-boot yet: the first boot runs the check.
+            self.fleet.kvm_check_pending = True
+            log.info("virt type auto: no built image yet; the first boot checks KVM")
+            return
+        await self.fleet.decide_kvm(min(specs, key=lambda s: s.memory_mib))
 
     def _connected(self) -> None:
         if self._started:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
@@ -110,6 +111,7 @@ class Fleet:
         # Boots wait on this until the virt type is known (auto: after the
         # KVM boot check at start).
         self.virt_decided: defer.Deferred = defer.succeed(None)
+        self.kvm_check_pending = False  # auto, but no image was built at start
         self._boot_slots = defer.DeferredSemaphore(config.max_concurrent_boots)
         self._reconciling: defer.Deferred | None = None
 
@@ -224,7 +226,15 @@ class Fleet:
             return
         await self._boot_slots.acquire()
         try:
-            if not self.virt_decided.called:
+            if self.kvm_check_pending:
+                self.kvm_check_pending = False
+                decided: defer.Deferred = defer.Deferred()
+                self.virt_decided = decided
+                try:
+                    await self.decide_kvm(spec)
+                finally:
+                    decided.callback(None)
+            elif not self.virt_decided.called:
                 await _wait(self.virt_decided)
             if gen != svc.generation:
                 return
@@ -433,6 +443,25 @@ class Fleet:
         self._finish(svc, True)
 
     # -- virt type ---------------------------------------------------------------
+
+    async def decide_kvm(self, spec: VMSpec) -> None:
+        """``--virt-type auto`` with KVM offered: test-boot ``spec`` under KVM
+        (or reuse the verdict cached in /run until the host reboots) and set
+        the virt type accordingly."""
+        cached = _read_verdict()
+        if cached is not None:
+            ok, why = cached
+            why = f"{why} (cached in {VERDICT_PATH})"
+        else:
+            ok, why = await self.kvm_boot_check(spec, timeout=min(8.0, spec.boot_timeout))
+            _write_verdict(ok, why)
+        if ok:
+            self.virt_type = "kvm"
+            log.info("virt type auto: KVM boot check passed ({why}); using kvm", why=why)
+        else:
+            self.virt_type = "qemu"
+            log.warn("virt type auto: KVM unusable (a test boot of {image} under KVM failed: {why}); "
+                     "falling back to TCG (virt type qemu)", image=spec.image, why=why)
 
     async def kvm_boot_check(self, spec: VMSpec, timeout: float = 8.0) -> tuple[bool, str]:
         """Boot ``spec``'s image once under KVM on a private port: True if its
@@ -742,6 +771,26 @@ class Fleet:
                 "standby": svc.standby,
             })
         return rows
+
+
+VERDICT_PATH = Path("/run/summoner/kvm-boot-check")
+
+
+def _read_verdict() -> tuple[bool, str] | None:
+    try:
+        text = VERDICT_PATH.read_text().strip()
+    except OSError:
+        return None
+    verdict, _, why = text.partition(" ")
+    return (verdict == "kvm", why or verdict) if verdict in ("kvm", "qemu") else None
+
+
+def _write_verdict(ok: bool, why: str) -> None:
+    try:
+        VERDICT_PATH.parent.mkdir(parents=True, exist_ok=True)
+        VERDICT_PATH.write_text(f"{'kvm' if ok else 'qemu'} {why}\n")
+    except OSError as exc:
+        log.warn("cannot cache the KVM verdict in {path}: {err}", path=VERDICT_PATH, err=exc)
 
 
 def _wait(d: defer.Deferred) -> defer.Deferred:

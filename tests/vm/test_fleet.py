@@ -375,3 +375,27 @@ class FleetTest(unittest.TestCase):
         yield sleep(0.6)
         self.assertEqual(self.svc("hello.example.org").state, State.STOPPED)
         self.assertEqual(self.backend.destroys, 1)
+
+    @defer.inlineCallbacks
+    def test_auto_virt_type_falls_back_to_tcg_when_the_kvm_check_fails(self):
+        import summoner.vm.service as service_module
+        self.patch(service_module, "VERDICT_PATH", __import__("pathlib").Path(self.mktemp()) / "verdict")
+        od = self.make([host("hello", "127.0.0.101", "hello")], {"hello": manifest("hello")}, virt_type="auto")
+        self.backend.kvm_usable = lambda: defer.succeed((True, "ok"))
+        self.backend.silent.add("kvm-boot-check")  # the test boot never answers: a broken KVM
+        yield od.start()
+        self.assertEqual(od.fleet.virt_type, "qemu")
+        self.assertTrue(service_module.VERDICT_PATH.read_text().startswith("qemu "))
+        self.assertNotIn("summoner-kvm-boot-check", self.backend.domains)
+        answer = yield od.stage.resolve(Query.of("hello.example.org", "A"))
+        self.assertEqual(answer.rcode, RCODE.NOERROR)
+        self.assertIn('type="qemu"', self.backend.domains["summoner-hello.example.org"]["xml"])
+        # The verdict is reused: a second start does not test-boot again.
+        creates = self.backend.creates
+        od2 = OnDemand(OnDemandConfig(admin=None, virt_type="auto"), reactor, lambda: None,
+                       backend=self.backend, images={"hello": manifest("hello")})
+        od2.update_hosts([host("hello", "127.0.0.101", "hello")])
+        yield od2.start()
+        self.assertEqual(od2.fleet.virt_type, "qemu")
+        self.assertEqual(self.backend.creates, creates)
+        od2.reaper.stop()
