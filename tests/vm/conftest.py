@@ -103,9 +103,11 @@ class ODServer(Server):
 
 
 @pytest.fixture
-def od_server(vm_env, tmp_path_factory) -> Iterator:
+def od_server(vm_env, clean_domains, tmp_path_factory) -> Iterator:
     """Start ``summoner serve`` on the od.test zone; keyword arguments fill the
-    zone's per-host options (e.g. ``hello='"idle=2"'``); extra args go to serve."""
+    zone's per-host options (e.g. ``hello='"idle=2"'``); extra args go to serve.
+    Depends on ``clean_domains`` so that servers stop before the domains are
+    destroyed (a running server would notice and prepare standby domains)."""
     servers: list[ODServer] = []
 
     def start(*extra: str, hello: str = "", tasks: str = "", crowd: str = "") -> ODServer:

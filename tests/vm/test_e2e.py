@@ -34,7 +34,7 @@ def http(method: str, url: str, body: dict | None = None) -> tuple[int, object]:
         return exc.code, exc.read()
 
 
-def test_cold_query_boots_hello_and_http_works(od_server, clean_domains):
+def test_cold_query_boots_hello_and_http_works(od_server):
     server = od_server()
     started = time.monotonic()
     reply = server.query("hello.od.test", "A", timeout=20)
@@ -62,7 +62,7 @@ def test_cold_query_boots_hello_and_http_works(od_server, clean_domains):
     assert 'service="hello.od.test"' in xml and 'image="hello"' in xml
 
 
-def test_tasks_round_trip_and_fifty_concurrent_queries_one_boot(od_server, clean_domains):
+def test_tasks_round_trip_and_fifty_concurrent_queries_one_boot(od_server):
     server = od_server()
     reply = server.query("tasks.od.test", "A", timeout=20)
     base = f"http://{addresses(reply)[0]}:8080/todo/api/v1.0/tasks"
@@ -83,7 +83,7 @@ def test_tasks_round_trip_and_fifty_concurrent_queries_one_boot(od_server, clean
     assert server.status()["crowd.od.test"]["boot_count"] == 1
 
 
-def test_silent_image_servfails_within_deadline_then_backs_off(od_server, clean_domains):
+def test_silent_image_servfails_within_deadline_then_backs_off(od_server):
     server = od_server()
     started = time.monotonic()
     reply = server.query("silent.od.test", "A", timeout=20)
@@ -105,7 +105,7 @@ def test_silent_image_servfails_within_deadline_then_backs_off(od_server, clean_
     assert "boot of image silent failed (timeout)" in log and "last probe error" in log and "QEMU log" in log
 
 
-def test_idle_reap_reboots_and_suspend_resumes_fast(od_server, clean_domains):
+def test_idle_reap_reboots_and_suspend_resumes_fast(od_server):
     server = od_server(hello='"idle=2"', tasks='"idle=2" "stop=suspend"')
     assert addresses(server.query("hello.od.test", "A", timeout=20)) == ["127.0.0.20"]
     assert addresses(server.query("tasks.od.test", "A", timeout=20)) == ["127.0.0.21"]
@@ -125,7 +125,7 @@ def test_idle_reap_reboots_and_suspend_resumes_fast(od_server, clean_domains):
     print(f"resume query-to-answer {resume * 1000:.1f} ms")
 
 
-def test_traffic_without_queries_keeps_a_vm_alive(od_server, clean_domains):
+def test_traffic_without_queries_keeps_a_vm_alive(od_server):
     server = od_server(hello='"idle=2"')
     server.query("hello.od.test", "A", timeout=20)
     for _ in range(8):  # 4 s of HTTP, no DNS
@@ -135,7 +135,7 @@ def test_traffic_without_queries_keeps_a_vm_alive(od_server, clean_domains):
     server.wait_state("hello.od.test", "stopped", timeout=15)
 
 
-def test_virsh_destroy_is_noticed(od_server, clean_domains):
+def test_virsh_destroy_is_noticed(od_server):
     server = od_server()
     server.query("hello.od.test", "A", timeout=20)
     subprocess.run(["virsh", "-c", URI, "destroy", "summoner-hello.od.test"], check=True, capture_output=True)
@@ -145,7 +145,7 @@ def test_virsh_destroy_is_noticed(od_server, clean_domains):
     assert server.status()["hello.od.test"]["boot_count"] == 2
 
 
-def test_restart_readopts_without_booting(od_server, clean_domains):
+def test_restart_readopts_without_booting(od_server):
     first = od_server()
     first.query("hello.od.test", "A", timeout=20)
     first.stop()
@@ -160,7 +160,7 @@ def test_restart_readopts_without_booting(od_server, clean_domains):
     assert "adopted running VM" in second.log()
 
 
-def test_removed_service_is_stopped_on_reload(od_server, clean_domains):
+def test_removed_service_is_stopped_on_reload(od_server):
     server = od_server()
     server.query("crowd.od.test", "A", timeout=20)
     zone = server.zones / "od.test.zone"
@@ -172,7 +172,7 @@ def test_removed_service_is_stopped_on_reload(od_server, clean_domains):
     assert "crowd.od.test" not in server.status()
 
 
-def test_libvirtd_restart_reconnects(od_server, clean_domains):
+def test_libvirtd_restart_reconnects(od_server):
     server = od_server()
     server.query("hello.od.test", "A", timeout=20)
     restart_libvirtd()
@@ -188,7 +188,7 @@ def test_libvirtd_restart_reconnects(od_server, clean_domains):
     assert addresses(server.query("tasks.od.test", "A", timeout=20)) == ["127.0.0.21"]
 
 
-def test_capacity_reaps_least_recently_used(od_server, clean_domains):
+def test_capacity_reaps_least_recently_used(od_server):
     server = od_server("--max-vms", "2", "--evict-min-idle", "0")
     server.query("hello.od.test", "A", timeout=20)
     server.query("tasks.od.test", "A", timeout=20)
@@ -201,14 +201,14 @@ def test_capacity_reaps_least_recently_used(od_server, clean_domains):
     assert server.metric("summoner_vm_reaps_total", reason="capacity") == 1
 
 
-def test_capacity_refusal(od_server, clean_domains):
+def test_capacity_refusal(od_server):
     server = od_server("--max-vms", "1", "--evict-min-idle", "600")
     server.query("hello.od.test", "A", timeout=20)
     assert server.query("tasks.od.test", "A", timeout=20).rcode() == dns.rcode.SERVFAIL
     assert server.metric("summoner_vm_capacity_refusals_total") == 1
 
 
-def test_admin_cli(od_server, clean_domains):
+def test_admin_cli(od_server):
     import sys
     server = od_server()
     url = f"127.0.0.1:{server.admin_port}"
@@ -224,7 +224,7 @@ def test_admin_cli(od_server, clean_domains):
     assert out.returncode == 1 and "no on-demand service" in out.stderr
 
 
-def test_bad_declaration_on_reload_keeps_the_last_good_zones(od_server, vm_env):
+def test_bad_declaration_on_reload_keeps_the_last_good_zones(od_server):
     server = od_server()
     zone = server.zones / "od.test.zone"
     zone.write_text(zone.read_text().replace('"image=tasks"', '"image=tasks" "colour=blue"'))
@@ -236,7 +236,7 @@ def test_bad_declaration_on_reload_keeps_the_last_good_zones(od_server, vm_env):
     assert set(server.status()) == {"hello.od.test", "tasks.od.test", "crowd.od.test", "silent.od.test"}
 
 
-def test_standby_domain_serves_the_cold_query(od_server, clean_domains):
+def test_standby_domain_serves_the_cold_query(od_server):
     server = od_server("--standby")
     deadline = time.monotonic() + 20
     while not server.status()["hello.od.test"]["standby"] and time.monotonic() < deadline:
