@@ -123,6 +123,17 @@ class BackendTest(unittest.TestCase):
         self.assertEqual((yield self.backend.list_ours()), [])
 
     @defer.inlineCallbacks
+    def test_bridge_mode_traffic_counters(self):
+        yield self.backend.start()
+        s = build_spec(host("web", "192.0.2.7", "hello"), manifest("hello"), OnDemandConfig(network="bridge"))
+        yield self.backend.create(domain_xml(s, "test", NetworkSettings("bridge", "br7", "192.0.2.1")))
+        tokens = yield self.backend.traffic({s.domain_name: "bridge", "gone": "bridge"})
+        self.assertEqual(list(tokens), [s.domain_name])  # vanished domains are left out
+        self.assertEqual(len(tokens[s.domain_name]), 4)  # rx/tx bytes and packets of the tap
+        self.assertTrue(all(isinstance(v, int) for v in tokens[s.domain_name]))
+        yield self.backend.destroy(s.domain_name)
+
+    @defer.inlineCallbacks
     def test_not_connected_fails_fast_and_kvm_check_answers(self):
         with self.assertRaises(NotConnectedError):
             yield self.backend.list_ours()
