@@ -122,7 +122,15 @@ def run_serve(args: argparse.Namespace) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", app.stop)
     start_with_reactor(ondemand, reactor)
     if arrowhead is not None:
-        arrowhead.update_services([])  # on-demand hosts are published once their parsing lands
+        from summoner.arrowhead.publisher import published_services
+
+        def publish(hosts: list) -> None:
+            arrowhead.update_services(published_services(hosts))
+        if ondemand is not None:
+            ondemand.on_hosts_changed.append(publish)
+            publish(ondemand.published_hosts())
+        else:
+            arrowhead.update_services([])
         arrowhead.start()
         reactor.addSystemEventTrigger("before", "shutdown", arrowhead.stop)
     reactor.run()

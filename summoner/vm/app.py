@@ -60,6 +60,9 @@ class OnDemand:
         self._fixed_images = images is not None
         self._started = False
         self._admin_port: Any = None
+        # Called with published_hosts() whenever the hosts change (Arrowhead
+        # publishes them).
+        self.on_hosts_changed: list[Callable[[list[OnDemandHost]], None]] = []
 
     # -- zones -------------------------------------------------------------------
 
@@ -76,8 +79,15 @@ class OnDemand:
     def update_hosts(self, hosts: list[OnDemandHost]) -> None:
         self.fleet.set_hosts(hosts, self.images)
         self.stage.refresh()
+        for callback in self.on_hosts_changed:
+            callback(self.published_hosts())
         if self._started and self.backend.connected:
             self.fleet.reconcile().addCallback(lambda _: self.fleet.prepare_all_standby())
+
+    def published_hosts(self) -> list[OnDemandHost]:
+        """The hosts with their effective service port (zone or image)."""
+        import dataclasses
+        return [dataclasses.replace(s.host, port=s.spec.port) for s in self.fleet.services.values()]
 
     # -- lifecycle ---------------------------------------------------------------
 

@@ -78,13 +78,23 @@ def _txt_strings(rr: RR) -> list[str]:
     return out
 
 
+def _foreign(key: str) -> bool:
+    """Keys other parts read (Arrowhead publishing: ``arrowhead=off``,
+    ``arrowhead-service=``, ``arrowhead-uri=``, ``meta.KEY=``); kept in
+    ``OnDemandHost.extra`` unchecked."""
+    return key == "arrowhead" or key.startswith(("arrowhead-", "meta."))
+
+
 def _parse_pairs(strings: list[str], where: str, problems: list[str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"extra": {}}
     for token in strings:
         key, sep, value = token.partition("=")
         key = key.strip().lower()
         if not sep or not key:
             problems.append(f"{where}: expected key=value, got {token!r}")
+            continue
+        if _foreign(key):
+            values["extra"][key] = value
             continue
         if key not in KEYS:
             problems.append(f"{where}: unknown key {key!r} (known: {', '.join(sorted(KEYS))})")
@@ -202,6 +212,7 @@ def split_on_demand(zones: Iterable[Any], images: Mapping[str, Any] | None = Non
                 memory_mib=values.get("memory"), vcpus=values.get("vcpus"), idle=values.get("idle"),
                 stop=values.get("stop"), boot_timeout=values.get("boot_timeout"),
                 probe_path=values.get("probe_path"), port=values.get("port"), ttl=values.get("ttl"),
+                extra=values["extra"],
             ))
         stripped = zone.without(remove_txt, {QTYPE.TXT})
         stripped = stripped.without(remove_addr, {QTYPE.A, QTYPE.AAAA})

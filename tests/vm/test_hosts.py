@@ -92,3 +92,12 @@ def test_shipped_example_zone():
     zones = load_zone_dir(Path(__file__).resolve().parents[2] / "zones")
     _zones, hosts = split_on_demand(zones.zones.values(), IMAGES)
     assert {h.name: h.image for h in hosts} == {"hello.example.org": "hello", "tasks.example.org": "tasks"}
+
+
+def test_arrowhead_keys_are_kept_for_the_publisher():
+    z = zone('x IN A 127.0.0.9\n_summoner.x IN TXT "image=hello" "arrowhead-service=greeter" "meta.tier=demo"\n')
+    _zones, hosts = split_on_demand([z], IMAGES)
+    assert hosts[0].extra == {"arrowhead-service": "greeter", "meta.tier": "demo"}
+    from summoner.arrowhead.publisher import published_services
+    published = published_services(hosts, default_port=8080)
+    assert [(p.service_definition, p.port, p.metadata) for p in published] == [("greeter", 8080, {"tier": "demo"})]
