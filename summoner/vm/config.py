@@ -111,7 +111,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                    help="override every image's idle timeout (seconds)")
     g.add_argument("--stop-mode", choices=STOP_MODES, default=None,
                    help="override every image's stop mode")
-    g.add_argument("--standby", action="store_true",
+    g.add_argument("--standby", action=argparse.BooleanOptionalAction, default=d.standby,
                    help="keep a paused, not yet booted domain per stopped service: cold boots skip "
                         "libvirt's domain start-up (costs one idle QEMU process per service)")
 
