@@ -379,7 +379,12 @@ class FleetTest(unittest.TestCase):
     @defer.inlineCallbacks
     def test_auto_virt_type_falls_back_to_tcg_when_the_kvm_check_fails(self):
         import summoner.vm.service as service_module
-        self.patch(service_module, "VERDICT_PATH", __import__("pathlib").Path(self.mktemp()) / "verdict")
+        import shutil
+        import tempfile
+        from pathlib import Path
+        tmp = Path(tempfile.mkdtemp(prefix="summoner-verdict-"))
+        self.addCleanup(shutil.rmtree, tmp, True)
+        self.patch(service_module, "VERDICT_PATH", tmp / "verdict")
         od = self.make([host("hello", "127.0.0.101", "hello")], {"hello": manifest("hello")}, virt_type="auto")
         self.backend.kvm_usable = lambda: defer.succeed((True, "ok"))
         self.backend.silent.add("kvm-boot-check")  # the test boot never answers: a broken KVM
