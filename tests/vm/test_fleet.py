@@ -378,10 +378,11 @@ class FleetTest(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_auto_virt_type_falls_back_to_tcg_when_the_kvm_check_fails(self):
-        import summoner.vm.service as service_module
         import shutil
         import tempfile
         from pathlib import Path
+
+        import summoner.vm.service as service_module
         tmp = Path(tempfile.mkdtemp(prefix="summoner-verdict-"))
         self.addCleanup(shutil.rmtree, tmp, True)
         self.patch(service_module, "VERDICT_PATH", tmp / "verdict")
