@@ -5,6 +5,7 @@ Server: a small Twisted web resource, JSON only, meant for loopback:
 - ``GET  /services``                → ``[{name, image, state, address, uptime, idle, boot_count, last_error, ...}]``
 - ``POST /services/NAME/summon``    → boots (or resumes) NAME and waits until ready or failed
 - ``POST /services/NAME/stop``      → stops NAME by its image's stop mode (``?mode=destroy`` to force)
+- ``GET  /arrowhead``               → Arrowhead connection state and published services (404 when off)
 
 NAME is the host name (``hello.example.org``) or its first label when that is
 unambiguous (``hello``).
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet import defer
@@ -97,9 +99,23 @@ class _Services(resource.Resource):
         return _json(request, 200, self.backend.status())
 
 
-def admin_resource(backend: AdminBackend) -> resource.Resource:
+class _Status(resource.Resource):
+    isLeaf = True  # noqa: N815 (Twisted's name)
+
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        super().__init__()
+        self.status = status
+
+    def render_GET(self, request: Any) -> bytes:  # noqa: N802
+        return _json(request, 200, self.status())
+
+
+def admin_resource(backend: AdminBackend,
+                   arrowhead_status: Callable[[], dict[str, Any]] | None = None) -> resource.Resource:
     root = resource.Resource()
     root.putChild(b"services", _Services(backend))
+    if arrowhead_status is not None:
+        root.putChild(b"arrowhead", _Status(arrowhead_status))
     return root
 
 
@@ -140,6 +156,35 @@ def fetch_status(url: str = DEFAULT_URL) -> list[dict[str, Any]]:
     if code != 200:
         raise AdminError(f"status failed: HTTP {code}: {body}")
     return body
+
+
+def fetch_arrowhead(url: str = DEFAULT_URL) -> dict[str, Any] | None:
+    """The Arrowhead part's status, or None when the server runs without it."""
+    code, body = _request(base_url(url) + "/arrowhead")
+    if code == 404:
+        return None
+    if code != 200:
+        raise AdminError(f"Arrowhead status failed: HTTP {code}: {body}")
+    return body
+
+
+def format_arrowhead(status: dict[str, Any]) -> str:
+    """Arrowhead's connection state and the services summoner publishes."""
+    orchestrator = status.get("orchestrator", {})
+    registry = status.get("registry", {})
+    lines = [
+        f"Arrowhead ({'secure' if status.get('secure') else 'insecure'}), system {status.get('system_name')}",
+        f"  orchestrator: {orchestrator.get('state', '-')} (circuit {orchestrator.get('circuit', '-')})"
+        + (f", last error: {orchestrator['last_error']}" if orchestrator.get("last_error") else ""),
+        f"  registry: system {registry.get('system', {}).get('state', '-')}",
+    ]
+    services = registry.get("services", [])
+    if services:
+        lines.append("  published services:")
+        for service in services:
+            error = f" ({service['last_error']})" if service.get("last_error") else ""
+            lines.append(f"    {service.get('dns_name')}: {service.get('state')}{error}")
+    return "\n".join(lines)
 
 
 def summon(url: str, name: str, timeout: float = 120.0) -> dict[str, Any]:

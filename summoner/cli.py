@@ -64,7 +64,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_check_arguments(check)
     check.set_defaults(run=run_check)
     add_admin_commands(commands)
+
+    image = commands.add_parser("image", help="unikernel images")
+    image_commands = image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
+    build = image_commands.add_parser("build", help="build an image's artifacts (cached; make decides)")
+    build.add_argument("name", nargs="?", help="image name (a folder under --images)")
+    build.add_argument("--all", action="store_true", help="build every image")
+    build.add_argument("--images", type=Path, default=Path("images"), metavar="DIR")
+    build.set_defaults(run=run_image_build)
     return parser
+
+
+def run_image_build(args: argparse.Namespace) -> int:
+    from summoner.images import ImageBuildError, build_image
+    if bool(args.all) == bool(args.name):
+        print("summoner image build: give an image NAME or --all", file=sys.stderr)
+        return 2
+    try:
+        build_image("all" if args.all else args.name, args.images)
+    except ImageBuildError as exc:
+        print(f"summoner image build: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -120,7 +141,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"summoner: cannot listen: {exc}", file=sys.stderr)
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", app.stop)
-    start_with_reactor(ondemand, reactor)
+    start_with_reactor(ondemand, reactor, arrowhead.status if arrowhead is not None else None)
     if arrowhead is not None:
         from summoner.arrowhead.publisher import published_services
 

@@ -47,6 +47,7 @@ class Server:
     log_path: Path
     zones: Path
     args: list[str] = field(default_factory=list)
+    admin_port: int = 0
 
     def query(self, name: str, rdtype: str = "A", tcp: bool = False, timeout: float = 5.0,
               **kwargs) -> dns.message.Message:
@@ -120,14 +121,17 @@ def start_server(tmp_path_factory) -> Iterator:
             zone_dir = zones
         port = free_port(host)
         metrics_port = free_port()
+        admin_port = free_port()
         listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        # Each server gets its own admin port: parallel servers must not meet.
+        admin = [] if "--admin" in extra else ["--admin", f"127.0.0.1:{admin_port}"]
         args = ["serve", "--listen", listen, "--zones", str(zone_dir),
-                "--metrics", f"127.0.0.1:{metrics_port}", *extra]
+                "--metrics", f"127.0.0.1:{metrics_port}", *admin, *extra]
         log_path = workdir / "summoner.log"
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(summoner_command() + args, stdout=log_file, stderr=subprocess.STDOUT,
                                        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        server = Server(host, port, metrics_port, process, log_path, zone_dir, args)
+        server = Server(host, port, metrics_port, process, log_path, zone_dir, args, admin_port)
         servers.append(server)
         if wait:
             wait_until_answering(server)
@@ -146,14 +150,15 @@ def example_server(tmp_path_factory) -> Iterator[Server]:
     shutil.copytree(EXAMPLE_ZONES, zone_dir)
     for path in (ROOT / "tests" / "zones" / "good").glob("*.zone"):
         shutil.copy(path, zone_dir)
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port, admin_port = free_port(), free_port(), free_port()
     log_path = workdir / "summoner.log"
     args = ["serve", "--listen", f"127.0.0.1:{port}", "--zones", str(zone_dir),
-            "--metrics", f"127.0.0.1:{metrics_port}", "--tcp-idle-timeout", "2"]
+            "--metrics", f"127.0.0.1:{metrics_port}", "--admin", f"127.0.0.1:{admin_port}",
+            "--tcp-idle-timeout", "2"]
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(summoner_command() + args, stdout=log_file, stderr=subprocess.STDOUT,
                                    cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    server = Server("127.0.0.1", port, metrics_port, process, log_path, zone_dir, args)
+    server = Server("127.0.0.1", port, metrics_port, process, log_path, zone_dir, args, admin_port)
     try:
         wait_until_answering(server)
         yield server

@@ -190,3 +190,30 @@ def test_arrowhead_domain_apex_has_a_synthesized_soa(served):
     assert [str(rrset.name) for rrset in response.answer] == ["ah.test."]
     assert response.flags & dns.flags.AA
     assert double.counters().get("orchestration", 0) == 0
+
+
+def _published(double) -> set[str]:
+    return {e["provider"]["address"] for e in double.control("state")["entries"]}
+
+
+def test_served_on_demand_hosts_are_published_shown_in_status_and_withdrawn_on_stop(served):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    server, double = served
+    wait_for(lambda: _published(double) == {"hello.example.org", "tasks.example.org"},
+             what="the example zone's on-demand hosts in the registry")
+    status = subprocess.run([sys.executable, "-m", "summoner", "status", "--admin",
+                             f"127.0.0.1:{server.admin_port}"], capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert status.returncode == 0, status.stderr
+    assert "hello.example.org" in status.stdout and "stopped" in status.stdout  # the VM table
+    assert "orchestrator: up" in status.stdout
+    assert "registry: system registered" in status.stdout
+    assert "hello.example.org: registered" in status.stdout
+    # a host removed from the zone is withdrawn from the registry
+    zone = server.zones / "example.org.zone"
+    zone.write_text(zone.read_text().replace('_summoner.tasks IN TXT  "image=tasks" "idle=300"', ""))
+    wait_for(lambda: _published(double) == {"hello.example.org"}, what="tasks withdrawn after the reload")
+    assert server.stop() == 0
+    assert _published(double) == set()  # a clean stop unregisters what it published

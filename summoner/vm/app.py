@@ -21,9 +21,9 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
-from twisted.web import server
 
 from summoner import admin
+from summoner.metrics import QuietSite
 from summoner.vm.config import OnDemandConfig
 from summoner.vm.hosts import OnDemandHost, split_on_demand
 from summoner.vm.libvirt_backend import LibvirtBackend
@@ -180,17 +180,15 @@ class OnDemand:
         return {"ok": ok, "name": name, "state": row.get("state"),
                 "error": error or (svc.last_error if svc and not ok else None), "service": row}
 
-    def admin_resource(self) -> Any:
-        return admin.admin_resource(self)
+    def admin_resource(self, arrowhead_status: Callable[[], dict[str, Any]] | None = None) -> Any:
+        return admin.admin_resource(self, arrowhead_status)
 
-    def listen_admin(self) -> Any:
+    def listen_admin(self, arrowhead_status: Callable[[], dict[str, Any]] | None = None) -> Any:
         """Listen on ``config.admin`` (loopback by default); None if disabled."""
         if self.config.admin is None:
             return None
         host, port = self.config.admin
-        site = server.Site(self.admin_resource())
-        site.noisy = False
-        site.log = lambda request: None  # no access log line per status call
+        site = QuietSite(self.admin_resource(arrowhead_status))
         try:
             self._admin_port = self.reactor.listenTCP(port, site, interface=host)
         except CannotListenError as exc:

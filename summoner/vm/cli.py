@@ -42,12 +42,13 @@ def attach(app: Any, args: argparse.Namespace, reactor: Any) -> OnDemand | None:
     return ondemand
 
 
-def start_with_reactor(ondemand: OnDemand | None, reactor: Any) -> None:
+def start_with_reactor(ondemand: OnDemand | None, reactor: Any,
+                       arrowhead_status: Any = None) -> None:
     """Connect to libvirt and adopt VMs once the reactor runs; open the admin
     endpoint now; leave VMs running at shutdown (the next start adopts them)."""
     if ondemand is None:
         return
-    ondemand.listen_admin()
+    ondemand.listen_admin(arrowhead_status)
     reactor.callWhenRunning(ondemand.start)
     reactor.addSystemEventTrigger("before", "shutdown", ondemand.stop)
 
@@ -79,7 +80,7 @@ def add_admin_commands(commands: Any) -> None:
                        help=f"admin endpoint of the running server (default {admin.DEFAULT_URL})")
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    status = commands.add_parser("status", help="show on-demand services of a running server")
+    status = commands.add_parser("status", help="show on-demand services (and Arrowhead) of a running server")
     common(status)
     status.set_defaults(run=run_status)
     summon = commands.add_parser("summon", help="boot an on-demand service now and wait until ready")
@@ -108,10 +109,19 @@ def _print(args: argparse.Namespace, result: Any) -> None:
 
 def run_status(args: argparse.Namespace) -> int:
     try:
-        _print(args, admin.fetch_status(args.admin))
+        services = admin.fetch_status(args.admin)
+        arrowhead = admin.fetch_arrowhead(args.admin)
     except admin.AdminError as exc:
         print(f"summoner: {exc}", file=sys.stderr)
         return 1
+    if args.json:
+        import json
+        print(json.dumps({"services": services, "arrowhead": arrowhead}, indent=1))
+        return 0
+    print(admin.format_status(services))
+    if arrowhead is not None:
+        print()
+        print(admin.format_arrowhead(arrowhead))
     return 0
 
 
