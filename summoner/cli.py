@@ -9,6 +9,7 @@ from pathlib import Path
 from summoner import __version__
 from summoner.arrowhead.config import ArrowheadConfigError, config_from_args
 from summoner.arrowhead.config import add_cli_arguments as add_arrowhead_arguments
+from summoner.netaddr import host_port
 from summoner.vm.cli import (
     add_admin_commands,
     add_check_arguments,
@@ -18,21 +19,6 @@ from summoner.vm.cli import (
     start_with_reactor,
 )
 from summoner.zonefile import ZoneError, load_zone_dir
-
-
-def host_port(text: str) -> tuple[str, int]:
-    """``ADDR:PORT``, ``[V6ADDR]:PORT`` or a bare IPv6 address with ``:PORT``."""
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected [ADDR]:PORT")
-    else:
-        host, sep, port = text.rpartition(":")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected ADDR:PORT")
-    if not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: port must be 0-65535")
-    return host or "0.0.0.0", int(port)
 
 
 def build_parser() -> argparse.ArgumentParser:

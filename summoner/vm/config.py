@@ -7,6 +7,8 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from summoner.netaddr import host_port
+
 VIRT_TYPES = ("auto", "kvm", "qemu")
 NETWORK_MODES = ("user", "bridge")
 STOP_MODES = ("destroy", "shutdown", "suspend")
@@ -51,15 +53,12 @@ def parse_admin(text: str) -> tuple[str, int] | None:
     """``ADDR:PORT`` (IPv6 as ``[::1]:PORT``), or ``off``."""
     if text.lower() in ("off", "none", ""):
         return None
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected ADDR:PORT, got {text!r}")
-    host = host.strip("[]")
+    host, port = host_port(text)
     try:
         ipaddress.ip_address(host)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"bad admin address {host!r}") from exc
-    return host, int(port)
+    return host, port
 
 
 def _positive_int(text: str) -> int:
