@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from summoner.images import ImageManifest
+from summoner.vm.domxml import USER_GUEST_IP
 
 # QEMU user networking: the guest is always 10.0.2.15 behind gateway 10.0.2.2.
-USER_NET_IP_PARAM = "ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off"
+USER_NET_IP_PARAM = "ip=" + USER_GUEST_IP
 
 
 def qemu_command(manifest: ImageManifest, host: str, port: int, *, accel: str = "tcg",

@@ -23,7 +23,7 @@ def make(double, *extra: str):
     args = parser.parse_args(["--arrowhead-orchestrator", double.http, "--arrowhead-registry", double.http,
                               "--arrowhead-domain", "ah.test", *extra])
     arrowhead = build(config_from_args(args), find_zone, reactor)
-    arrowhead.publisher._first_retry = arrowhead.publisher._retry_delay = 0.1  # keep the test short
+    arrowhead.publisher._backoff.first = 0.1  # keep the test short
     return arrowhead
 
 

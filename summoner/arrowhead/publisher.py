@@ -12,7 +12,6 @@ removing the system would drop the operator's rules with it.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ from twisted.python.failure import Failure
 from summoner.arrowhead import metrics
 from summoner.arrowhead.client import ArrowheadClient, ArrowheadError, ArrowheadHTTPError, SystemRef
 from summoner.arrowhead.config import ArrowheadConfig, valid_name
+from summoner.backoff import Backoff
 
 log = Logger(namespace="summoner.arrowhead")
 
@@ -88,9 +88,7 @@ class ArrowheadPublisher:
         self._client = client
         self._own = own
         self._reactor = reactor
-        self._first_retry = first_retry
-        self._max_retry = max_retry
-        self._retry_delay = first_retry
+        self._backoff = Backoff(first_retry, max_retry, jitter=0.2)
         self._timeout = request_timeout
         self._records: dict[tuple[str, str, int, str], _Record] = {}
         self._desired: dict[tuple[str, str, int, str], PublishedService] = {}
@@ -169,12 +167,11 @@ class ArrowheadPublisher:
         if self._stopping:
             return
         if outcome:
-            self._retry_delay = self._first_retry
+            self._backoff.succeeded()
             if self._pending():
                 self._kick()  # the wanted set changed while we worked
         else:
-            delay = self._retry_delay * random.uniform(0.8, 1.2)
-            self._retry_delay = min(self._retry_delay * 2, self._max_retry)
+            delay = self._backoff.failed()
             self._retry_call = self._reactor.callLater(delay, self._kick)
 
     def _pending(self) -> bool:
@@ -223,7 +220,7 @@ class ArrowheadPublisher:
         metrics.REGISTRATIONS.labels("system_failed").inc()
         self.system_state, self.system_error = "failed", str(error)
         log.warn("Arrowhead: cannot register system {name}, retrying in about {delay:.0f} s: {error}",
-                 name=self._own.system_name, delay=self._retry_delay, error=error)
+                 name=self._own.system_name, delay=self._backoff.upcoming, error=error)
         return False
 
     def _body(self, service: PublishedService) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from summoner.backoff import Backoff
 from summoner.vm import metrics
 from summoner.vm.domxml import NS, NS_PREFIX, Metadata, console_log_path, parse_metadata, qemu_log_path
 
@@ -193,7 +194,7 @@ class LibvirtBackend:
         self._pool = ThreadPool(1, 1, name="summoner-libvirt")
         self._conn: libvirt.virConnect | None = None
         self._callback_ids: list[int] = []
-        self._backoff = reconnect_min
+        self._backoff = Backoff(reconnect_min, reconnect_max)
         self._reconnect_call = None
         self._connecting = False
         self._stopped = False
@@ -266,7 +267,7 @@ class LibvirtBackend:
             self._in_thread(self._close, conn)
             return False
         self._conn = conn
-        self._backoff = self.reconnect_min
+        self._backoff.succeeded()
         if self._ever_connected:
             metrics.RECONNECTS.inc()
             log.info("reconnected to libvirt at {uri}", uri=self.uri)
@@ -282,16 +283,14 @@ class LibvirtBackend:
     def _open_failed(self, failure: Any) -> bool:
         self._connecting = False
         log.warn("cannot connect to libvirt at {uri}: {err}; retrying in {delay:.2f}s",
-                 uri=self.uri, err=_error_text(failure.value), delay=self._backoff)
+                 uri=self.uri, err=_error_text(failure.value), delay=self._backoff.upcoming)
         self._schedule_reconnect()
         return False
 
     def _schedule_reconnect(self) -> None:
         if self._stopped or (self._reconnect_call is not None and self._reconnect_call.active()):
             return
-        delay = self._backoff
-        self._backoff = min(self._backoff * 2, self.reconnect_max)
-        self._reconnect_call = self.reactor.callLater(delay, self._connect)
+        self._reconnect_call = self.reactor.callLater(self._backoff.failed(), self._connect)
 
     def _close(self, conn: libvirt.virConnect) -> None:
         for cid in self._callback_ids:

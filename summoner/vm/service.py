@@ -30,6 +30,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from summoner.backoff import delay_after
 from summoner.vm import metrics
 from summoner.vm.config import OnDemandConfig
 from summoner.vm.domxml import NetworkSettings, domain_xml, metadata_xml
@@ -410,7 +411,7 @@ class Fleet:
 
     def _mark_failed(self, svc: Service, result: str, why: str) -> None:
         svc.failures += 1
-        delay = min(self.config.retry_backoff * 2 ** (svc.failures - 1), self.config.retry_backoff_max)
+        delay = delay_after(svc.failures, self.config.retry_backoff, self.config.retry_backoff_max)
         svc.retry_at = self.now() + delay
         svc.last_error = why
         metrics.BOOTS.labels(svc.name, result).inc()
