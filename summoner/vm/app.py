@@ -26,7 +26,7 @@ from summoner import admin
 from summoner.metrics import QuietSite
 from summoner.vm.config import OnDemandConfig
 from summoner.vm.hosts import OnDemandHost, split_on_demand
-from summoner.vm.libvirt_backend import LibvirtBackend
+from summoner.vm.libvirt_backend import BackendError, LibvirtBackend
 from summoner.vm.reaper import Reaper
 from summoner.vm.service import Fleet, State
 from summoner.vm.stage import OnDemandStage
@@ -117,7 +117,10 @@ class OnDemand:
         if self.config.virt_type != "auto":
             self.fleet.virt_type = self.config.virt_type
             return
-        ok, why = await self.backend.kvm_usable()
+        try:
+            ok, why = await self.backend.kvm_usable()
+        except BackendError as exc:  # libvirtd went away mid-start: decide, don't abort start-up
+            ok, why = False, f"libvirt: {exc}"
         if not ok:
             self.fleet.virt_type = "qemu"
             log.warn("virt type auto: KVM unavailable ({why}); using TCG (virt type qemu)", why=why)

@@ -52,6 +52,9 @@ class Reaper:
         def done(result: Any) -> Any:
             self._busy = False
             return result
+        # A failed tick is logged and the next one runs: a LoopingCall whose
+        # call fails stops for good, and then no VM would ever be reaped.
+        d.addErrback(lambda failure: log.failure("reaper tick failed", failure))
         return d.addBoth(done)
 
     async def _tick(self, ready: list) -> list[str]:
@@ -74,7 +77,8 @@ class Reaper:
             idle = now - svc.last_used()
             if idle >= svc.spec.idle_timeout:
                 reaped.append(svc.name)
-                self.fleet.stop_service(svc, "idle")
+                self.fleet.stop_service(svc, "idle").addErrback(
+                    lambda failure, name=svc.name: log.failure("{service}: idle stop failed", failure, service=name))
         return reaped
 
 

@@ -219,7 +219,6 @@ class Fleet:
         spec = svc.spec
         self._set_state(svc, State.BOOTING)
         svc.reserved = False
-        svc.boot_abort = None
         missing = missing_artifacts(spec)
         if missing:
             await self._boot_failed(svc, gen, "error", f"image {spec.image} is not built: missing "
@@ -268,6 +267,9 @@ class Fleet:
                 deadline = start + spec.boot_timeout
             if svc.preparing is not None:
                 await _wait(svc.preparing)
+            # Cleared only now: until this instance starts, late events of the
+            # previous one (or of a standby being created) must not abort it.
+            svc.boot_abort = None
             if svc.standby and await self._use_standby(svc):
                 xml = ""
             else:
@@ -454,8 +456,9 @@ class Fleet:
             ok, why = cached
             why = f"{why} (cached in {VERDICT_PATH})"
         else:
-            ok, why = await self.kvm_boot_check(spec, timeout=min(8.0, spec.boot_timeout))
-            _write_verdict(ok, why)
+            ok, why, conclusive = await self.kvm_boot_check(spec, timeout=min(8.0, spec.boot_timeout))
+            if conclusive:
+                _write_verdict(ok, why)
         if ok:
             self.virt_type = "kvm"
             log.info("virt type auto: KVM boot check passed ({why}); using kvm", why=why)
@@ -464,10 +467,12 @@ class Fleet:
             log.warn("virt type auto: KVM unusable (a test boot of {image} under KVM failed: {why}); "
                      "falling back to TCG (virt type qemu)", image=spec.image, why=why)
 
-    async def kvm_boot_check(self, spec: VMSpec, timeout: float = 8.0) -> tuple[bool, str]:
+    async def kvm_boot_check(self, spec: VMSpec, timeout: float = 8.0) -> tuple[bool, str, bool]:
         """Boot ``spec``'s image once under KVM on a private port: True if its
         probe answers.  /dev/kvm can exist while guests hang or die under it
-        (nested hosts), which only a real boot shows."""
+        (nested hosts), which only a real boot shows.  The third value says
+        whether the verdict may be cached: a libvirt error (libvirtd restarting)
+        says nothing about KVM, so it holds for this run only."""
         import dataclasses
         import socket
         with socket.socket() as s:
@@ -481,18 +486,20 @@ class Fleet:
             await self._quiet_destroy(check.domain_name)
             await self.backend.create(xml, autodestroy=True)
         except BackendError as exc:
-            return False, f"libvirt: {exc}"
+            return False, f"libvirt: {exc}", False
         probe = Probe(self.reactor, "127.0.0.1", port, spec.probe_path, expect_status=spec.expect_status,
                       interval=spec.probe_interval, request_timeout=spec.request_timeout,
                       deadline=self.now() + timeout, kind=spec.probe_kind)
         self._check_probe = probe
         try:
             await probe.run()
-            return True, "ok"
+            return True, "ok", True
         except (ProbeTimeoutError, ProbeCancelledError) as exc:
             qemu_tail, _console = await self.backend.logs(check.domain_name)
             last = qemu_tail.strip().splitlines()[-1:] or [""]
-            return False, f"{exc}; last probe error: {probe.last_error}; QEMU: {last[0]}"
+            # a cancelled check (summoner stopping) proves nothing either way
+            conclusive = isinstance(exc, ProbeTimeoutError)
+            return False, f"{exc}; last probe error: {probe.last_error}; QEMU: {last[0]}", conclusive
         finally:
             self._check_probe = None
             await self._quiet_destroy(check.domain_name)
@@ -612,7 +619,7 @@ class Fleet:
                 svc.standby = False  # the standby domain went away (virsh destroy?)
             if svc.stop_event is not None and not svc.stop_event.called:
                 svc.stop_event.callback(True)
-            if svc.state is State.BOOTING:
+            if svc.state is State.BOOTING and svc.reserved:
                 self._abort_boot(svc, f"domain {event} during boot ({detail})")
             elif svc.state in (State.READY, State.SUSPENDED):
                 log.warn("{service}: VM {event} outside summoner ({detail}); next query boots it again",
@@ -731,7 +738,10 @@ class Fleet:
                 await self._quiet_destroy(spec.domain_name)
                 self._set_state(svc, State.STOPPED)
                 if svc.waiters:
-                    await self._boot(svc)
+                    # Not awaited: start-up awaits every adoption before it lets
+                    # boots proceed (virt_decided), so awaiting a boot here would
+                    # wait on ourselves forever.
+                    defer.Deferred.fromCoroutine(self._boot(svc))
                 return
             svc.probe = None
             if gen != svc.generation:
