@@ -147,12 +147,23 @@ class Responder:
         result = self.chain.resolve(query)
         if isinstance(result, defer.Deferred):
             return result.addErrback(self._chain_failed).addCallback(
-                lambda answer: self._finish(data, request, protocol, started, answer, opt))
+                self._finish_late, data, request, protocol, started, opt)
         return self._finish(data, request, protocol, started, result, opt)
 
     def _chain_failed(self, failure) -> Answer:
         log.failure("resolution failed", failure)
         return servfail()
+
+    def _finish_late(self, answer: Answer, data: bytes, request: DNSRecord, protocol: str,
+                     started: float, opt) -> bytes:
+        """``_finish`` for answers that arrived later: respond() can no longer
+        catch what encoding raises, so this does (a Deferred that fails would
+        leave the client unanswered)."""
+        try:
+            return self._finish(data, request, protocol, started, answer, opt)
+        except Exception:
+            log.failure("unexpected error encoding a {protocol} answer", protocol=protocol)
+            return _header_only(data, RCODE.SERVFAIL)
 
     def _finish(self, data: bytes, request: DNSRecord, protocol: str, started: float,
                 answer: Answer, opt) -> bytes:

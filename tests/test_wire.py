@@ -6,7 +6,7 @@ import time
 
 import dns.message
 import dns.rcode
-from dnslib import QTYPE, RR, A
+from dnslib import CNAME, QTYPE, RR, A
 
 from summoner.resolution import Answer, Chain, Query
 from summoner.static import StaticStage
@@ -91,3 +91,20 @@ def test_backoff_doubles_to_its_cap_and_resets() -> None:
     jittered = Backoff(10.0, 100.0, jitter=0.2)
     assert all(8.0 <= jittered.failed() / 2 ** i <= 12.0 for i in range(3))
     assert delay_after(3, 5.0, 300.0) == 20.0
+
+
+def test_an_answer_that_cannot_be_encoded_late_is_servfail() -> None:
+    from twisted.internet import defer
+
+    class Late:
+        name = "late"
+
+        def resolve(self, query: Query) -> defer.Deferred:
+            # a provider name over 255 octets: dnslib only notices when encoding
+            bad = RR(query.name, QTYPE.CNAME, ttl=5, rdata=CNAME(("a" * 60 + ".") * 5))
+            return defer.succeed(Answer(answer=[bad]))
+
+    responder = Responder(Chain([Late()]))
+    results: list[bytes] = []
+    responder.respond(dns.message.make_query("late.example.org", "A").to_wire(), "udp").addCallback(results.append)
+    assert dns.message.from_wire(results[0]).rcode() == dns.rcode.SERVFAIL

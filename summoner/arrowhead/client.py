@@ -29,7 +29,7 @@ from service_identity import VerificationError
 from service_identity.hazmat import DNS_ID, IPAddress_ID, verify_service_identity
 from service_identity.pyopenssl import extract_patterns
 from twisted.internet import defer, protocol
-from twisted.internet.error import ConnectError, ConnectionLost, DNSLookupError
+from twisted.internet.error import ConnectError, ConnectingCancelledError, ConnectionLost, DNSLookupError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
@@ -450,8 +450,10 @@ class ArrowheadClient:
         # cancellation by addTimeout included, which addTimeout then fails to
         # recognise as its own.
         reasons = getattr(failure.value, "reasons", None)
-        if failure.check(defer.TimeoutError, defer.CancelledError) or any(
-                r.check(defer.CancelledError) for r in reasons or ()):
+        # A deadline that strikes while still connecting cancels the connect
+        # attempt, which surfaces as ConnectingCancelledError: a timeout too.
+        if failure.check(defer.TimeoutError, defer.CancelledError, ConnectingCancelledError) or any(
+                r.check(defer.CancelledError, ConnectingCancelledError) for r in reasons or ()):
             raise ArrowheadTimeoutError(f"{url}: no answer within {timeout:g} s")
         for reason in reasons or ():
             if reason.check(SSL.Error):

@@ -136,6 +136,9 @@ class ArrowheadPublisher:
             log.warn("Arrowhead: the Orchestrator does not know system {name} any more; registering it again",
                      name=self._own.system_name)
             self.system_state = "pending"
+            # A registry that forgot the system forgot its services too.
+            for record in self._records.values():
+                record.state = "pending"
             self._kick()
 
     def status(self) -> dict[str, Any]:

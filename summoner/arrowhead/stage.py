@@ -252,8 +252,11 @@ class ArrowheadStage:
         d.addCallbacks(done, failed)
 
     def _negative_expiry(self, target: _Target) -> float:
-        # RFC 2308: negative answers live for min(SOA TTL, SOA minimum).
-        return self._reactor.seconds() + min(target.soa.ttl, target.soa.rdata.times[4])
+        # RFC 2308: negative answers live for min(SOA TTL, SOA minimum); and
+        # never longer than a positive one, or a provider that registers just
+        # after a miss would stay invisible past --arrowhead-ttl.
+        lifetime = min(target.soa.ttl, target.soa.rdata.times[4], self.config.ttl)
+        return self._reactor.seconds() + lifetime
 
     def _settle(self, key: tuple[str, str], providers: tuple[Provider, ...], expires: float) -> None:
         self._cache[key] = _Entry(expires, providers)
