@@ -373,7 +373,9 @@ def _parse_rdata(type_text: str, rtype: int, tokens: list[Token], origin: DNSLab
                 _u16(word, f"SRV {what}")
         elif rtype == QTYPE.SOA:
             _expect(words, 7, type_text)
-            times = [parse_ttl(w) for w in words[2:]]
+            if not words[2].isdigit() or int(words[2]) > 0xFFFFFFFF:
+                raise ValueError(f"SOA serial must be 0-4294967295, got {words[2]!r}")  # RFC 1982
+            times = [int(words[2])] + [parse_ttl(w) for w in words[3:]]
             names = [_absolute(w, origin) for w in words[:2]]
             return SOA(names[0], names[1], times)
         elif rtype == QTYPE.TXT:
@@ -422,19 +424,9 @@ def _rdata_wire(rr: RR) -> bytes:
 
 @dataclass
 class ZoneSet:
-    """Every zone served, with longest-suffix lookup."""
+    """Every zone served, by origin."""
 
     zones: dict[str, Zone] = field(default_factory=dict)
-
-    def find(self, key: str) -> Zone | None:
-        while True:
-            zone = self.zones.get(key)
-            if zone is not None:
-                return zone
-            dot = key.find(".")
-            if dot < 0:
-                return self.zones.get("")
-            key = key[dot + 1:]
 
     @property
     def record_count(self) -> int:

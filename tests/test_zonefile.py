@@ -125,3 +125,12 @@ def test_two_files_for_one_zone_are_rejected(tmp_path: Path) -> None:
     (tmp_path / "A.zone").write_text((tmp_path / "a.zone").read_text())
     with pytest.raises(ZoneError, match="also served from"):
         load_zone_dir(tmp_path)
+
+
+def test_soa_serial_is_a_32_bit_number_not_a_ttl() -> None:
+    rest = "1h 2 3 4\n@ 60 IN NS ns\nns 60 IN A 127.0.0.1\n"
+    zone = parse_zone_text(f"@ 60 IN SOA ns hm 4294967295 {rest}", "t", Path("t.zone"))
+    assert zone.soa.rdata.times[:2] == (4294967295, 3600)  # above 2^31 is a valid serial
+    for bad in ("1h", "4294967296"):
+        with pytest.raises(ZoneError, match="SOA serial"):
+            parse_zone_text(f"@ 60 IN SOA ns hm {bad} {rest}", "t", Path("t.zone"))

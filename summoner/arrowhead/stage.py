@@ -33,6 +33,7 @@ from summoner.resolution import Answer, Query, servfail
 # How long the wire layer may replay an encoded answer: bounds how stale the
 # TTL inside it can get, and how late a changed provider is noticed.
 WIRE_CACHE_SECONDS = 1.0
+MAX_CACHED_NAMES = 10_000
 
 log = Logger(namespace="summoner.arrowhead")
 
@@ -259,6 +260,13 @@ class ArrowheadStage:
         return self._reactor.seconds() + lifetime
 
     def _settle(self, key: tuple[str, str], providers: tuple[Provider, ...], expires: float) -> None:
+        if len(self._cache) >= MAX_CACHED_NAMES:
+            # Random-name floods must not grow memory without bound: drop what
+            # has expired, and everything if that is not enough.
+            now = self._reactor.seconds()
+            self._cache = {k: e for k, e in self._cache.items() if e.expires > now}
+            if len(self._cache) >= MAX_CACHED_NAMES:
+                self._cache.clear()
         self._cache[key] = _Entry(expires, providers)
         for waiting in self._inflight.pop(key, []):
             waiting.callback(_Entry(expires, providers))
