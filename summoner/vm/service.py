@@ -423,17 +423,22 @@ class Fleet:
     async def _resume(self, svc: Service) -> None:
         gen = svc.generation
         self._set_state(svc, State.BOOTING)
+        svc.reserved = True  # the suspended VM still exists: it counts against capacity while resuming
         try:
             await self.backend.resume(svc.spec.domain_name)
         except BackendError as exc:
+            svc.reserved = False
             if gen != svc.generation:
                 return
             # Gone or broken while suspended: boot afresh for the waiters.
             log.warn("{service}: resume failed ({err}); booting afresh", service=svc.name, err=exc)
             await self._quiet_destroy(svc.spec.domain_name)
+            if gen != svc.generation:
+                return  # removed or replaced meanwhile: nothing to boot for
             self._set_state(svc, State.STOPPED)
             await self._boot(svc)
             return
+        svc.reserved = False
         if gen != svc.generation:
             return
         now = self.now()

@@ -118,7 +118,7 @@ class FleetTest(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_probe_expects_status(self):
-        od = self.make([host("hello", "127.0.0.45", "hello")], {"hello": manifest("hello", boot_timeout=0.4)})
+        od = self.make([host("hello", "127.0.0.45", "hello")], {"hello": manifest("hello", boot_timeout=1.5)})
         self.backend.status["hello.example.org"] = 503
         yield od.start()
         answer = yield od.stage.resolve(Query.of("hello.example.org", "A"))
