@@ -4,6 +4,7 @@ and the stage's synchronous cache path."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import pytest
 from dnslib import QTYPE, RR, SOA
@@ -72,6 +73,19 @@ class PublisherTest(unittest.TestCase):
         assert self.entries() == {}
         # summoner's own system stays: authorization rules refer to it
         assert any(s["systemName"] == "summoner" for s in self.double.control("state")["systems"])
+
+    @defer.inlineCallbacks
+    def test_changed_metadata_is_registered_again(self):
+        arrowhead = make(self.double)
+        self.addCleanup(arrowhead.stop)
+        arrowhead.update_services([HELLO])
+        yield arrowhead.start()
+        yield eventually(lambda: "hello.example.org" in self.entries())
+        changed = dataclasses.replace(HELLO, metadata={"idle": "60"})
+        arrowhead.update_services([changed])
+        yield eventually(lambda: self.entries().get("hello.example.org", {}).get("metadata")
+                         == {"summoner-image": "hello", "idle": "60"})
+        assert self.double.counters()["unregister"] == 1
 
     @defer.inlineCallbacks
     def test_removed_host_is_unregistered(self):

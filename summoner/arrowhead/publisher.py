@@ -181,7 +181,8 @@ class ArrowheadPublisher:
         if self.system_state != "registered":
             return True
         wanted = self._desired
-        return any(k not in self._records or self._records[k].state != "registered" for k in wanted) or any(
+        return any(k not in self._records or self._records[k].state != "registered"
+                   or self._records[k].service != service for k, service in wanted.items()) or any(
             k not in wanted for k in self._records)
 
     @defer.inlineCallbacks
@@ -198,8 +199,16 @@ class ArrowheadPublisher:
         for key, service in list(self._desired.items()):
             if self._stopping:
                 return True
+            record = self._records.get(key)
+            if record is not None and record.state == "registered" and record.service != service:
+                # Same entry, new metadata or interfaces: the registry answers a
+                # second register with "already exists", so withdraw it first.
+                if not (yield self._unregister(record)):
+                    ok = False
+                    continue
             record = self._records.setdefault(key, _Record(service))
             if record.state != "registered":
+                record.service = service  # register what is wanted now, not what was
                 ok = (yield self._register(record)) and ok
         return ok
 
