@@ -217,3 +217,20 @@ def test_served_on_demand_hosts_are_published_shown_in_status_and_withdrawn_on_s
     wait_for(lambda: _published(double) == {"hello.example.org"}, what="tasks withdrawn after the reload")
     assert server.stop() == 0
     assert _published(double) == set()  # a clean stop unregisters what it published
+
+
+def test_several_providers_without_matchmaking(start_server, arrowhead_double):
+    double = arrowhead_double
+    server = start_server(*_zones(), *arrowhead_args(double, "--no-arrowhead-matchmaking"))
+    wait_for(lambda: any(s["systemName"] == "summoner" for s in double.control("state")["systems"]),
+             what="summoner's system registration")
+    double.register_provider("pump", "10.3.0.1", 8080, system="pump1")
+    double.register_provider("pump", "10.3.0.2", 8080, system="pump2")
+    double.register_provider("pump", "10.3.0.3", 9090, system="pump3")
+    assert sorted(rr.address for rr in rrs(server.query("pump.ah.test", "A"), "A")) == [
+        "10.3.0.1", "10.3.0.2", "10.3.0.3"]
+    srv = server.query("_pump._tcp.ah.test", "SRV")
+    # one SRV per port on the shared target: an RRset holds no duplicate records
+    assert sorted(rr.port for rr in rrs(srv, "SRV")) == [8080, 9090]
+    txt = server.query("pump.ah.test", "TXT")
+    assert len(rrs(txt, "TXT")) == 3

@@ -297,11 +297,15 @@ class ArrowheadStage:
         if target.srv_target is not None:
             if qtype in (QTYPE.SRV, QTYPE.ANY):
                 weight = 0 if len(providers) == 1 else 1
+                seen: set[tuple[int, str]] = set()
                 for provider in providers:
-                    host = provider.address if provider.ip is None else target.srv_target
-                    records.append(RR(name, QTYPE.SRV, ttl=ttl, rdata=SRV(0, weight, provider.port, host + ".")))
+                    host = provider.address.rstrip(".") if provider.ip is None else target.srv_target
                     if provider.ip is not None:
                         additional.append(_address_rr(target.srv_target + ".", provider, ttl))
+                    if (provider.port, host) in seen:
+                        continue  # IP providers share one target name: one SRV per port (no duplicate RRs)
+                    seen.add((provider.port, host))
+                    records.append(RR(name, QTYPE.SRV, ttl=ttl, rdata=SRV(0, weight, provider.port, host + ".")))
         elif qtype in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
             wanted = {QTYPE.A: (4,), QTYPE.AAAA: (6,)}.get(qtype, (4, 6))
             records = [_address_rr(name, p, ttl) for p in providers if p.ip is not None and p.ip.version in wanted]
@@ -310,9 +314,9 @@ class ArrowheadStage:
         elif qtype == QTYPE.CNAME:
             records = _cname(name, providers, ttl)
         elif qtype == QTYPE.TXT:
-            records = [RR(name, QTYPE.TXT, ttl=ttl, rdata=TXT([
+            records = [RR(name, QTYPE.TXT, ttl=ttl, rdata=TXT(_txt_strings([
                 f"provider={p.system_name}", f"port={p.port}", f"uri={p.service_uri}",
-                f"secure={p.secure}", "interfaces=" + ",".join(p.interfaces)])) for p in providers]
+                f"secure={p.secure}", "interfaces=" + ",".join(p.interfaces)]))) for p in providers]
         if records:
             return Answer(answer=records, additional=additional, cacheable=True, cache_seconds=replay, on_hit=on_hit)
         return Answer(authority=[soa], cacheable=True, cache_seconds=replay, on_hit=on_hit)  # NODATA
@@ -341,6 +345,11 @@ def _address_rr(name: DNSLabel | str, provider: Provider, ttl: int) -> RR:
     if provider.ip.version == 4:
         return RR(name, QTYPE.A, ttl=ttl, rdata=A(str(provider.ip)))
     return RR(name, QTYPE.AAAA, ttl=ttl, rdata=AAAA(str(provider.ip)))
+
+
+def _txt_strings(texts: list[str]) -> list[bytes]:
+    """TXT character-strings hold at most 255 bytes each (RFC 1035 3.3.14): split longer ones."""
+    return [data[i:i + 255] for data in (t.encode() for t in texts) for i in range(0, max(len(data), 1), 255)]
 
 
 def _cname(name: DNSLabel, providers: tuple[Provider, ...], ttl: int) -> list[RR]:
