@@ -365,11 +365,15 @@ class LibvirtBackend:
             flags |= libvirt.VIR_DOMAIN_START_PAUSED
         return self._call(lambda conn: conn.createXML(xml, flags).UUIDString())
 
-    def destroy(self, name: str) -> defer.Deferred:
-        """Hard stop; fires True if it was running, False if already gone."""
+    def destroy(self, name: str, uuid: str | None = None) -> defer.Deferred:
+        """Hard stop; fires True if it was running, False if already gone.
+
+        With ``uuid``, only that instance: a later domain of the same name (a
+        service re-booted after a zone change) is left alone."""
         def run(conn: libvirt.virConnect) -> bool:
             try:
-                conn.lookupByName(name).destroy()
+                dom = conn.lookupByUUIDString(uuid) if uuid else conn.lookupByName(name)
+                dom.destroy()
                 return True
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() in _NOT_RUNNING:

@@ -296,7 +296,9 @@ class Fleet:
                     svc.boot_abort = why
             svc.early_events = []
             if gen != svc.generation:
-                await self._quiet_destroy(spec.domain_name)
+                # Retired while creating: destroy this instance only, never a
+                # replacement that may already use the same domain name.
+                await self._quiet_destroy(spec.domain_name, svc.domain_uuid)
                 return
             svc.boot_count += 1
             probe = Probe(self.reactor, spec.address, spec.port, spec.probe_path,
@@ -364,7 +366,7 @@ class Fleet:
 
         def created(uuid: str) -> None:
             if gen != svc.generation:  # the service was removed or replaced meanwhile
-                self.backend.destroy(spec.domain_name).addErrback(lambda f: None)
+                self.backend.destroy(spec.domain_name, uuid).addErrback(lambda f: None)
             elif svc.state in (State.STOPPED, State.BOOTING):  # a booting one waits for it and uses it
                 svc.standby = True
                 svc.domain_uuid = uuid
@@ -383,9 +385,9 @@ class Fleet:
         for svc in self.services.values():
             self.prepare_standby(svc)
 
-    async def _quiet_destroy(self, domain: str) -> None:
+    async def _quiet_destroy(self, domain: str, uuid: str | None = None) -> None:
         try:
-            await self.backend.destroy(domain)
+            await self.backend.destroy(domain, uuid)
         except BackendError as exc:
             log.warn("destroy of {domain} failed: {err}", domain=domain, err=exc)
 
@@ -395,7 +397,9 @@ class Fleet:
             # Answer the waiters now (SERVFAIL within the deadline); the
             # destroy (a second or more for QEMU to exit) happens after.
             self._mark_failed(svc, result, why)
-        await self._quiet_destroy(spec.domain_name)
+            await self._quiet_destroy(spec.domain_name)
+        elif svc.domain_uuid:
+            await self._quiet_destroy(spec.domain_name, svc.domain_uuid)  # not a replacement's domain
         try:
             qemu_tail, console_tail = await self.backend.logs(spec.domain_name)
         except Exception as exc:
@@ -557,6 +561,12 @@ class Fleet:
         self._set_state(svc, State.STOPPING)
         metrics.REAPS.labels(reason).inc()
         domain = svc.spec.domain_name
+        uuid = svc.domain_uuid
+
+        def this_instance() -> str | None:
+            # By name while the service is current; once a zone reload retired
+            # it, another domain may carry the same name: then by UUID only.
+            return uuid if gen != svc.generation else None
         idle = self.now() - svc.last_used()
         final = State.STOPPED
         try:
@@ -570,9 +580,9 @@ class Fleet:
                     if not graceful:
                         log.info("{service}: no shutdown within {grace:g}s; destroying",
                                  service=svc.name, grace=svc.spec.shutdown_grace)
-                        await self.backend.destroy(domain)
+                        await self.backend.destroy(domain, this_instance())
             else:
-                await self.backend.destroy(domain)
+                await self.backend.destroy(domain, this_instance())
         except BackendError as exc:
             log.warn("{service}: {mode} failed: {err}", service=svc.name, mode=mode, err=exc)
             try:

@@ -138,8 +138,8 @@ class FakeBackend:
             dom["port"].stopListening()
             dom["port"] = None
 
-    def destroy(self, name: str) -> defer.Deferred:
-        if name not in self.domains:
+    def destroy(self, name: str, uuid: str | None = None) -> defer.Deferred:
+        if name not in self.domains or (uuid and self.domains[name]["uuid"] != uuid):
             return defer.succeed(False)
         self.destroys += 1
         self._unlisten(name)
