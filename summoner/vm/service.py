@@ -683,6 +683,9 @@ class Fleet:
         stats = {"adopted": 0, "destroyed": 0, "vanished": 0}
         seen: set[str] = set()
         adoptions = []
+        # Destroys wait until the snapshot is fully applied: awaiting one here
+        # (a second or more each) would let VMs change state behind the snapshot.
+        orphans: list[tuple[str, str | None]] = []
         for info in domains:
             svc = self.by_domain.get(info.name)
             meta = info.metadata
@@ -694,7 +697,7 @@ class Fleet:
                          domain=info.name, service=meta.service if meta else "?", why=why)
                 metrics.REAPS.labels(why).inc()
                 stats["destroyed"] += 1
-                await self._quiet_destroy(info.name)
+                orphans.append((info.name, info.uuid))
                 continue
             seen.add(svc.name)
             if svc.state is State.STOPPED and info.state == "paused" and meta.standby:
@@ -722,6 +725,8 @@ class Fleet:
                 metrics.REAPS.labels("external").inc()
                 svc.started_at = None
                 self._set_state(svc, State.STOPPED)
+        for name, uuid in orphans:
+            await self._quiet_destroy(name, uuid)  # that very domain, not a successor of the same name
         if adoptions:
             await defer.DeferredList(adoptions)
         if any(stats.values()):
