@@ -527,13 +527,19 @@ class Fleet:
         need = svc.spec.memory_mib
         if need > self.config.memory_budget_mib:
             return False
+        # Bounded like a boot: a victim whose destroy keeps failing (QEMU stuck
+        # in the kernel) must not hold the waiters and a boot slot forever.
+        give_up = self.now() + svc.spec.boot_timeout
+        tried: set[str] = set()
         while True:
             count, mem = self.usage(exclude=svc)
             if count + 1 <= self.config.max_vms and mem + need <= self.config.memory_budget_mib:
                 return True
             now = self.now()
+            if now >= give_up:
+                return False
             victims = [s for s in self.services.values()
-                       if s is not svc and s.state in (State.READY, State.SUSPENDED)
+                       if s is not svc and s.state in (State.READY, State.SUSPENDED) and s.name not in tried
                        and not s.waiters and now - s.last_used() >= self.config.evict_min_idle]
             if not victims:
                 if any(s.state is State.STOPPING for s in self.services.values()):
@@ -544,6 +550,7 @@ class Fleet:
             victim = min(victims, key=Service.last_used)
             log.info("{service}: making room for {other} (idle {idle:.1f}s, least recently used)",
                      service=victim.name, other=svc.name, idle=now - victim.last_used())
+            tried.add(victim.name)
             await self.stop_service(victim, "capacity", mode="destroy")
 
     # -- stopping ----------------------------------------------------------------
