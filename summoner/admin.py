@@ -26,6 +26,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from summoner.vm.config import STOP_MODES
+
 log = Logger(namespace="summoner.admin")
 
 DEFAULT_URL = "http://127.0.0.1:9154"
@@ -61,7 +63,9 @@ class _Action(resource.Resource):
         if self.action == "summon":
             d = self.backend.summon(full)
         elif self.action == "stop":
-            mode = request.args.get(b"mode", [b""])[0].decode() or None
+            mode = request.args.get(b"mode", [b""])[0].decode(errors="replace") or None
+            if mode is not None and mode not in STOP_MODES:
+                return _json(request, 400, {"error": f"mode must be one of {', '.join(STOP_MODES)}, not {mode!r}"})
             d = self.backend.stop_service(full, mode)
         else:
             return _json(request, 404, {"error": f"unknown action {self.action!r}"})

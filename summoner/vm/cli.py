@@ -15,7 +15,7 @@ from typing import Any
 
 from summoner import admin
 from summoner.vm.app import OnDemand
-from summoner.vm.config import add_cli_arguments, config_from_args
+from summoner.vm.config import STOP_MODES, add_cli_arguments, config_from_args
 
 
 def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
@@ -90,7 +90,7 @@ def add_admin_commands(commands: Any) -> None:
     stop = commands.add_parser("stop", help="stop an on-demand service's VM")
     common(stop)
     stop.add_argument("name")
-    stop.add_argument("--mode", choices=("destroy", "shutdown", "suspend"), default=None,
+    stop.add_argument("--mode", choices=STOP_MODES, default=None,
                       help="override the image's stop mode")
     stop.set_defaults(run=run_stop)
 

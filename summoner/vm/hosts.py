@@ -23,16 +23,10 @@ from typing import Any
 
 from dnslib import QTYPE, RR
 
-try:  # main's zone model; the fallback keeps this module importable alone
-    from summoner.zonefile import ZoneError
-except ImportError:  # pragma: no cover - only before main is merged
-    class ZoneError(Exception):  # type: ignore[no-redef]
-        def __init__(self, problems: list[str]) -> None:
-            super().__init__("\n".join(problems))
-            self.problems = problems
+from summoner.vm.config import STOP_MODES
+from summoner.zonefile import ZoneError
 
 LABEL = "_summoner"
-STOP_MODES = ("destroy", "shutdown", "suspend")
 INT_KEYS = {"memory": (16, 1 << 20), "vcpus": (1, 64), "port": (1, 65535), "ttl": (0, 86400)}
 FLOAT_KEYS = {"idle": (0.0, 7 * 86400.0), "boot_timeout": (0.1, 3600.0)}
 KEYS = {"image", "stop", "probe_path", *INT_KEYS, *FLOAT_KEYS}

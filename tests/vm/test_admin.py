@@ -25,3 +25,37 @@ def test_base_url():
     assert base_url(("::1", 9154)) == "http://[::1]:9154"
     assert base_url("http://x:1/") == "http://x:1"
     assert base_url(None) == "http://127.0.0.1:9154"
+
+
+def test_stop_with_an_unknown_mode_is_refused_not_destroyed():
+    import json
+
+    from twisted.internet import defer
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from summoner.admin import admin_resource
+
+    class Backend:
+        stops: list = []
+
+        def status(self):
+            return []
+
+        def find(self, name):
+            return "hello.example.org"
+
+        def summon(self, name):
+            return defer.succeed({"ok": True})
+
+        def stop_service(self, name, mode=None):
+            self.stops.append(mode)
+            return defer.succeed({"ok": True})
+
+    backend = Backend()
+    root = admin_resource(backend)
+    request = DummyRequest([b"stop"])  # what is left after services/hello
+    request.method = b"POST"
+    request.args = {b"mode": [b"destory"]}
+    body = root.getChildWithDefault(b"services", request).getChildWithDefault(b"hello", request).render(request)
+    assert request.responseCode == 400 and "mode must be one of" in json.loads(body)["error"]
+    assert backend.stops == []  # a typo never becomes a destroy
