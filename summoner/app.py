@@ -1,4 +1,8 @@
-"""Assembles the server: zones → stages → responder → transports, plus metrics."""
+"""Assembles the server: zones → stages → responder → transports, plus
+metrics, the on-demand part (libvirt) and the Arrowhead part when configured.
+
+The stages never see each other; this is the one place that knows them all.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -35,17 +40,40 @@ class ServeConfig:
 
 
 class App:
-    def __init__(self, config: ServeConfig, reactor, stages: list[Stage] | None = None,
-                 zone_hooks: list[ZoneHook] | None = None) -> None:
+    def __init__(self, config: ServeConfig, reactor: Any, ondemand: Any = None, arrowhead: Any = None) -> None:
+        """``ondemand``: an OnDemandConfig (None: on-demand hosts are served
+        as static records); ``arrowhead``: an ArrowheadConfig (None: off)."""
         self.config = config
         self.reactor = reactor
         self.static = StaticStage()
-        self.chain = Chain([self.static, *(stages or [])])
+        stages: list[Stage] = [self.static]
+        self.zone_hooks: list[ZoneHook] = []
+        self.ondemand = None
+        if ondemand is not None:
+            from summoner.vm.app import OnDemand
+            self.ondemand = OnDemand(ondemand, reactor, self.clear_answers)
+            stages.append(self.ondemand.stage)
+            self.zone_hooks.append(self._take_on_demand_hosts)
+        self.arrowhead = None
+        if arrowhead is not None:
+            from summoner.arrowhead import build
+            self.arrowhead = build(arrowhead, self.static.find_zone, reactor)
+            stages.append(self.arrowhead.stage)  # last: it takes what the others leave
+        self.chain = Chain(stages)
         self.responder = Responder(self.chain)
-        self.zone_hooks = list(zone_hooks or [])
         self.watcher = ZoneWatcher(config.zones, self.apply_zones, config.reload_interval, reactor)
         self.ports: tuple = ()
         self.metrics_port = None
+
+    def clear_answers(self) -> None:
+        self.responder.clear_cache()
+
+    def _take_on_demand_hosts(self, zones: ZoneSet) -> ZoneSet:
+        """On-demand declarations leave the zones for the on-demand stage;
+        raises ZoneError (the zone set is refused) for bad declarations."""
+        stripped, hosts = self.ondemand.split(zones.zones.values())
+        self.ondemand.update_hosts(hosts)
+        return ZoneSet({zone.origin: zone for zone in stripped})
 
     def apply_zones(self, zones: ZoneSet) -> None:
         for hook in self.zone_hooks:
@@ -74,7 +102,33 @@ class App:
         self.watcher.start()
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.watcher.reload, "SIGHUP"))
 
+    def start(self) -> None:
+        """Start the parts that work in the background once the reactor runs:
+        libvirt (adopting running VMs) and Arrowhead publishing."""
+        if self.ondemand is not None:
+            self.ondemand.listen_admin(self.arrowhead.status if self.arrowhead is not None else None)
+            self.reactor.callWhenRunning(self.ondemand.start)
+        if self.arrowhead is not None:
+            from summoner.arrowhead.publisher import published_services
+            arrowhead = self.arrowhead
+
+            def publish(hosts: list) -> None:
+                arrowhead.update_services(published_services(hosts))
+            if self.ondemand is not None:
+                self.ondemand.on_hosts_changed.append(publish)
+                publish(self.ondemand.published_hosts())
+            else:
+                arrowhead.update_services([])
+            arrowhead.start()
+
     def stop(self) -> defer.Deferred:
+        """Clean shutdown: Arrowhead withdraws what it published; VMs keep
+        running for the next start to adopt."""
         self.watcher.stop()
         ports = list(self.ports) + ([self.metrics_port] if self.metrics_port else [])
-        return stop_listening(tuple(ports))
+        stopping = [stop_listening(tuple(ports))]
+        if self.ondemand is not None:
+            stopping.append(self.ondemand.stop())
+        if self.arrowhead is not None:
+            stopping.append(self.arrowhead.stop())
+        return defer.DeferredList(stopping, consumeErrors=True)

@@ -14,9 +14,8 @@ from summoner.vm.cli import (
     add_admin_commands,
     add_check_arguments,
     add_serve_arguments,
-    attach,
     check_on_demand,
-    start_with_reactor,
+    on_demand_config,
 )
 from summoner.zonefile import ZoneError, load_zone_dir
 
@@ -105,14 +104,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except ArrowheadConfigError as exc:
         print(f"summoner: not starting: Arrowhead: {exc}", file=sys.stderr)
         return 2
-    app = App(config, reactor)
-    ondemand = attach(app, args, reactor)
-    arrowhead = None
-    if arrowhead_config is not None:
-        from summoner.arrowhead import build
-
-        arrowhead = build(arrowhead_config, app.static.find_zone, reactor)
-        app.chain.stages.append(arrowhead.stage)  # after static (and on-demand): it takes what they leave
+    app = App(config, reactor, ondemand=on_demand_config(args), arrowhead=arrowhead_config)
     try:
         app.load_initial_zones()
     except ZoneError as exc:
@@ -126,20 +118,8 @@ def run_serve(args: argparse.Namespace) -> int:
     except Exception as exc:  # e.g. CannotListenError: address in use or not ours
         print(f"summoner: cannot listen: {exc}", file=sys.stderr)
         return 1
+    app.start()
     reactor.addSystemEventTrigger("before", "shutdown", app.stop)
-    start_with_reactor(ondemand, reactor, arrowhead.status if arrowhead is not None else None)
-    if arrowhead is not None:
-        from summoner.arrowhead.publisher import published_services
-
-        def publish(hosts: list) -> None:
-            arrowhead.update_services(published_services(hosts))
-        if ondemand is not None:
-            ondemand.on_hosts_changed.append(publish)
-            publish(ondemand.published_hosts())
-        else:
-            arrowhead.update_services([])
-        arrowhead.start()
-        reactor.addSystemEventTrigger("before", "shutdown", arrowhead.stop)
     reactor.run()
     return 0
 

@@ -1,9 +1,9 @@
 """Glue between the ``summoner`` command line and the on-demand part.
 
 ``summoner serve`` gets the on-demand flags (``add_serve_arguments``) and
-calls ``attach`` after building its App and ``start_with_reactor`` after
-listening.  ``summoner status|summon|stop`` (``add_admin_commands``) talk to
-a running server's admin endpoint.
+hands ``on_demand_config(args)`` to its App, which builds the on-demand part.
+``summoner status|summon|stop`` (``add_admin_commands``) talk to a running
+server's admin endpoint.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from summoner import admin
-from summoner.vm.app import OnDemand
-from summoner.vm.config import STOP_MODES, add_cli_arguments, config_from_args
+from summoner.vm.config import STOP_MODES, OnDemandConfig, add_cli_arguments, config_from_args
 
 
 def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
@@ -24,33 +23,9 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        help="serve on-demand hosts' records statically; no libvirt")
 
 
-def attach(app: Any, args: argparse.Namespace, reactor: Any) -> OnDemand | None:
-    """Insert the on-demand stage right after the static stage and take the
-    on-demand declarations out of every zone set the app loads."""
-    if getattr(args, "no_on_demand", False):
-        return None
-    from summoner.zonefile import ZoneSet
-
-    ondemand = OnDemand(config_from_args(args), reactor, lambda: app.responder.clear_cache())
-    app.chain.stages.insert(1, ondemand.stage)
-
-    def hook(zones: ZoneSet) -> ZoneSet:
-        stripped, hosts = ondemand.split(zones.zones.values())  # raises ZoneError: zones refused
-        ondemand.update_hosts(hosts)
-        return ZoneSet({zone.origin: zone for zone in stripped})
-    app.zone_hooks.insert(0, hook)
-    return ondemand
-
-
-def start_with_reactor(ondemand: OnDemand | None, reactor: Any,
-                       arrowhead_status: Any = None) -> None:
-    """Connect to libvirt and adopt VMs once the reactor runs; open the admin
-    endpoint now; leave VMs running at shutdown (the next start adopts them)."""
-    if ondemand is None:
-        return
-    ondemand.listen_admin(arrowhead_status)
-    reactor.callWhenRunning(ondemand.start)
-    reactor.addSystemEventTrigger("before", "shutdown", ondemand.stop)
+def on_demand_config(args: argparse.Namespace) -> OnDemandConfig | None:
+    """The on-demand part's configuration, or None with ``--no-on-demand``."""
+    return None if getattr(args, "no_on_demand", False) else config_from_args(args)
 
 
 def add_check_arguments(check: argparse.ArgumentParser) -> None:
