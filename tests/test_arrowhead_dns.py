@@ -74,6 +74,10 @@ def test_srv_query_carries_the_provider_port(served):
     assert [(rr.port, str(rr.target)) for rr in srv] == [(8080, "temperature.ah.test.")]
     glue = [rr.address for rrset in response.additional if rrset.rdtype == dns.rdatatype.A for rr in rrset]
     assert glue == ["10.1.2.3"]
+    # the parent of every _svc._tcp name exists (RFC 8020): NODATA, not NXDOMAIN
+    parent = server.query("_tcp.ah.test", "A")
+    assert parent.rcode() == dns.rcode.NOERROR and not parent.answer
+    assert [rrset.rdtype for rrset in parent.authority] == [dns.rdatatype.SOA]
 
 
 def test_unknown_service_is_nxdomain_with_soa_and_negatively_cached(served):

@@ -82,6 +82,10 @@ class _Target:
     service: str | None     # service definition; None for a domain apex
     mapping: ServiceMapping
     srv_target: str | None  # for _svc._tcp names: the host name SRV records point at
+    # ``_tcp.<domain>``: it has names below it (``_svc._tcp.<domain>``), so it
+    # exists without data -- NODATA, never NXDOMAIN (RFC 8020: resolvers that
+    # minimise queries would stop at an NXDOMAIN here).
+    empty_non_terminal: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +124,8 @@ class ArrowheadStage:
             return None
         if target.service is None:
             return self._apex(query, target)
+        if target.empty_non_terminal:
+            return Answer(authority=[target.soa])
         if self.config.orchestrator_url is None:
             return None
         if not target.service:
@@ -160,6 +166,8 @@ class ArrowheadStage:
         if key == domain:
             return _Target(soa, None, mapping, None)
         labels = key.split(".")
+        if labels[0] in ("_tcp", "_udp"):
+            return _Target(soa, "", mapping, None, empty_non_terminal=True)
         first, srv_target = labels[0], None
         if len(labels) > 2 and first.startswith("_") and labels[1] in ("_tcp", "_udp"):
             first = first[1:]
