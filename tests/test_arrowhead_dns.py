@@ -238,3 +238,10 @@ def test_several_providers_without_matchmaking(start_server, arrowhead_double):
     assert sorted(rr.port for rr in rrs(srv, "SRV")) == [8080, 9090]
     txt = server.query("pump.ah.test", "TXT")
     assert len(rrs(txt, "TXT")) == 3
+    # an address provider beside a hostname provider: never a CNAME next to the A records
+    double.register_provider("valve", "10.4.0.1", 80, system="valve1")
+    double.register_provider("valve", "valve.plant.example.net", 80, system="valve2")
+    assert [rr.address for rr in rrs(server.query("valve.ah.test", "A"), "A")] == ["10.4.0.1"]
+    for qtype in ("AAAA", "CNAME"):
+        reply = server.query("valve.ah.test", qtype)
+        assert reply.rcode() == dns.rcode.NOERROR and not reply.answer, qtype

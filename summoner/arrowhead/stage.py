@@ -361,7 +361,11 @@ def _txt_strings(texts: list[str]) -> list[bytes]:
 
 
 def _cname(name: DNSLabel, providers: tuple[Provider, ...], ttl: int) -> list[RR]:
-    # One CNAME at most (RFC 1034); the first hostname provider wins.
+    # One CNAME at most (RFC 1034); the first hostname provider wins.  A name
+    # that has address records for any provider gets no CNAME: a CNAME and
+    # other data never share a name (RFC 1034 3.6.2), whatever the query type.
+    if any(provider.ip is not None for provider in providers):
+        return []
     for provider in providers:
         if provider.ip is None:
             return [RR(name, QTYPE.CNAME, ttl=ttl, rdata=CNAME(provider.address.rstrip(".") + "."))]
