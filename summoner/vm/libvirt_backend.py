@@ -252,8 +252,12 @@ class LibvirtBackend:
             conn.setKeepAlive(*self.keepalive)
         except libvirt.libvirtError:
             pass  # test:///default and other in-process drivers have no keepalive
-        ids = [conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                                           self._lifecycle_cb, None)]
+        try:
+            ids = [conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                               self._lifecycle_cb, None)]
+        except libvirt.libvirtError:
+            conn.close()  # a connection without events is useless; the retry opens a new one
+            raise
         try:
             conn.registerCloseCallback(self._close_cb, None)
         except libvirt.libvirtError:
