@@ -180,6 +180,24 @@ def test_concurrent_queries_for_one_name_share_one_orchestration(served):
     assert double.counters()["orchestration"] == 1
 
 
+def test_a_flood_of_distinct_names_is_capped_not_forwarded(served):
+    server, double = served
+    # the double holds every orchestration until summoner's deadline has passed
+    double.control("knobs", {"delay": {"orchestration": DEADLINE + 0.5}})
+
+    def ask(i: int):
+        try:
+            return server.query(f"random{i}.ah.test", "A", timeout=5).rcode()
+        except dns.exception.Timeout:
+            return None
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=100) as pool:  # all in flight at once
+        codes = list(pool.map(ask, range(100)))
+    assert codes == [dns.rcode.SERVFAIL] * 100
+    assert server.metric("summoner_arrowhead_lookups_total", result="overloaded") >= 1
+    assert double.counters()["orchestration"] <= 64
+
+
 def test_bad_arrowhead_flags_stop_startup(start_server, arrowhead_double):
     from tests.conftest import EXAMPLE_ZONES
     server = start_server(EXAMPLE_ZONES, "--arrowhead-orchestrator", "ftp://x", wait=False)

@@ -7,7 +7,7 @@ from prometheus_client import Counter, Histogram
 LOOKUPS = Counter(
     "summoner_arrowhead_lookups_total",
     "DNS queries that needed an Arrowhead orchestration, by outcome",
-    ["result"],  # answer | nxdomain | timeout | error | circuit_open
+    ["result"],  # answer | nxdomain | timeout | error | circuit_open | overloaded
 )
 LOOKUP_SECONDS = Histogram(
     "summoner_arrowhead_lookup_seconds",
@@ -27,7 +27,7 @@ REGISTRATIONS = Counter(
     ["result"],
 )
 
-for _result in ("answer", "nxdomain", "timeout", "error", "circuit_open"):
+for _result in ("answer", "nxdomain", "timeout", "error", "circuit_open", "overloaded"):
     LOOKUPS.labels(_result)
 for _kind in ("positive", "negative"):
     CACHE_HITS.labels(_kind)

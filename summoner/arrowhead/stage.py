@@ -34,6 +34,7 @@ from summoner.resolution import Answer, Query, servfail
 # TTL inside it can get, and how late a changed provider is noticed.
 WIRE_CACHE_SECONDS = 1.0
 MAX_CACHED_NAMES = 10_000
+MAX_CONCURRENT_LOOKUPS = 64
 
 log = Logger(namespace="summoner.arrowhead")
 
@@ -143,6 +144,11 @@ class ArrowheadStage:
             waiters.append(waiting)  # one orchestration call per name, however many ask
         elif not self.circuit.allow():
             metrics.LOOKUPS.labels("circuit_open").inc()
+            return servfail()
+        elif len(self._inflight) >= MAX_CONCURRENT_LOOKUPS:
+            # A flood of distinct names must not become a flood of HTTPS
+            # requests at the Orchestrator: beyond the cap, SERVFAIL at once.
+            metrics.LOOKUPS.labels("overloaded").inc()
             return servfail()
         else:
             self._inflight[key] = [waiting]
