@@ -166,9 +166,9 @@ class Probe:
                 f"({self.attempts} attempts)", self.attempts, self.last_error))
             return
         self.attempts += 1
-        d = probe_once(self.reactor, self.address, self.port, self.path, min(self.request_timeout, remaining),
-                       self.kind)
-        d.addCallbacks(self._answered, self._failed)
+        timeout = min(self.request_timeout, remaining)
+        d = probe_once(self.reactor, self.address, self.port, self.path, timeout, self.kind)
+        d.addCallbacks(self._answered, self._failed, errbackArgs=(timeout < self.request_timeout,))
 
     def _answered(self, status: int) -> None:
         if status == self.expect_status or (self.kind == "tcp" and status == 0):
@@ -179,8 +179,11 @@ class Probe:
         self.last_error = f"HTTP {status}, expected {self.expect_status}"
         self._again()
 
-    def _failed(self, failure: Failure) -> None:
-        self.last_error = failure.getErrorMessage()
+    def _failed(self, failure: Failure, cut_short: bool) -> None:
+        # An attempt the deadline cut short says only "no time left"; the
+        # error before it (an HTTP 503, a refused connection) is the real why.
+        if not (cut_short and self.last_error):
+            self.last_error = failure.getErrorMessage()
         self._again()
 
     def _again(self) -> None:
