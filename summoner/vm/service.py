@@ -652,12 +652,24 @@ class Fleet:
                 self.reactor.callLater(0, self.prepare_standby, svc)
         elif event == "suspended":
             if svc.state is State.BOOTING and svc.reserved:
-                self._abort_boot(svc, f"guest paused during boot ({detail})")
+                self._abort_if_still_paused(svc, detail)
             elif svc.state is State.READY:
                 log.warn("{service}: VM paused outside summoner ({detail})", service=svc.name, detail=detail)
                 self._set_state(svc, State.SUSPENDED)
         elif event == "resumed" and svc.state is State.SUSPENDED:
             self._set_state(svc, State.READY)
+
+    def _abort_if_still_paused(self, svc: Service, detail: str) -> None:
+        """A standby domain's own creation-time pause can be reported after
+        the boot has resumed it; only a guest that is paused *now* fails the
+        boot.  The state query runs on the libvirt thread behind the resume,
+        so it sees the domain as it is after it."""
+        gen = svc.generation
+
+        def checked(state: str) -> None:
+            if state == "paused" and gen == svc.generation and svc.state is State.BOOTING:
+                self._abort_boot(svc, f"guest paused during boot ({detail})")
+        self.backend.state(svc.spec.domain_name).addCallbacks(checked, lambda failure: None)
 
     def _abort_boot(self, svc: Service, why: str) -> None:
         if svc.probe is not None:

@@ -325,6 +325,22 @@ class FleetTest(unittest.TestCase):
         self.assertEqual(self.backend.creates, 0)
 
     @defer.inlineCallbacks
+    def test_a_standby_pause_reported_late_does_not_abort_its_boot(self):
+        od = self.make([host("hello", "127.0.0.97", "hello")], {"hello": manifest("hello")},
+                       standby=True, boot_delay=0.2)
+        yield od.start()
+        yield sleep(0.05)
+        svc = self.svc("hello.example.org")
+        uuid = self.backend.domains["summoner-hello.example.org"]["uuid"]
+        pending = od.stage.resolve(Query.of("hello.example.org", "A"))
+        yield sleep(0.05)
+        # the pause libvirt reports for the standby's creation, arriving after the resume
+        od.fleet.on_event("summoner-hello.example.org", "suspended", "paused", uuid)
+        answer = yield pending
+        self.assertEqual(answer.rcode, RCODE.NOERROR)
+        self.assertEqual(svc.state, State.READY)
+
+    @defer.inlineCallbacks
     def test_standby_domain_is_used_by_the_cold_boot_and_prepared_again(self):
         od = self.make([host("hello", "127.0.0.98", "hello")], {"hello": manifest("hello")}, standby=True)
         yield od.start()
