@@ -6,7 +6,8 @@ In one run, on the same image (default ``hello``) and accelerator (TCG unless
 
   (a) raw boot-to-first-HTTP-200: the image started directly with QEMU
       (same machine, memory, kernel, initrd, command line and user-mode
-      port forward as summoner uses), polled every 20 ms like the probe;
+      port forward as summoner uses), probed every 20 ms with overlapping
+      attempts, as summoner probes;
   (b) summoner cold query-to-answer: DNS query for a stopped service until
       the A answer arrives (the answer goes out when the probe succeeds);
   (c) warm query latency p50/p99 (service running, answer from cache);
@@ -38,49 +39,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from summoner.images import discover_images  # noqa: E402
-from summoner.vm.domxml import USER_GUEST_IP  # noqa: E402
+from summoner.rawqemu import RawVM  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 ADDRESS = "127.0.0.31"
 RAW_ADDRESS = "127.0.0.32"
 
 
-def http_ok(address: str, port: int, path: str = "/", timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=timeout) as s:
-            s.settimeout(timeout)
-            s.sendall(f"GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
-            line = s.recv(64)
-            return line.startswith(b"HTTP/") and line.split()[1] == b"200"
-    except (OSError, IndexError):
-        return False
-
-
 def raw_boot(manifest, accel: str) -> float:
-    """(a): spawn QEMU, poll HTTP every 20 ms, seconds to the first 200."""
-    port = manifest.service.port
-    b = manifest.boot
-    cmd = ["qemu-system-x86_64", "-machine", f"{b.machine},accel={accel}", "-m", str(manifest.resources.memory_mib),
-           "-smp", str(manifest.resources.vcpus), "-kernel", str(b.kernel),
-           "-append", f"{b.cmdline} ip={USER_GUEST_IP}",
-           "-netdev", f"user,id=n1,restrict=on,hostfwd=tcp:{RAW_ADDRESS}:{port}-:{port}",
-           "-device", "virtio-net-pci,netdev=n1,addr=0x5,romfile=",
-           "-display", "none", "-serial", "null", "-monitor", "none", "-no-reboot", "-nodefaults"]
-    if b.initrd:
-        cmd[cmd.index("-append"):cmd.index("-append")] = ["-initrd", str(b.initrd)]
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        while time.monotonic() - start < 30:
-            if http_ok(RAW_ADDRESS, port):
-                return time.monotonic() - start
-            if proc.poll() is not None:
-                raise RuntimeError(f"qemu exited: {proc.stderr.read().decode()[-500:]}")
-            time.sleep(0.02)
+    """(a): QEMU started directly with the flags summoner's domains use, probed
+    the way summoner probes (an attempt every 20 ms, overlapping)."""
+    with RawVM.start(manifest, RAW_ADDRESS, accel=accel) as vm:
+        took = vm.wait_ready(deadline_s=30, interval_s=0.02)
+    if took is None:
         raise RuntimeError("raw boot did not answer within 30 s")
-    finally:
-        proc.kill()
-        proc.wait()
+    return took
 
 
 def dns_query(name: str, port: int, timeout: float = 30.0) -> tuple[float, bytes]:
@@ -116,7 +89,7 @@ def wait_state(port: int, name: str, state: str, timeout: float = 20, standby: b
         if rows[name]["state"] == state and (rows[name].get("standby") or not standby):
             return
         time.sleep(0.05)
-    raise RuntimeError(f"{name} not {state}")
+    raise RuntimeError(f"{name} not {state}: {rows[name]}")
 
 
 def pct(values: list[float], q: float) -> float:

@@ -163,9 +163,9 @@ class RawVM:
 
     @classmethod
     def start(cls, manifest: ImageManifest, host: str = "127.0.0.1", port: int | None = None,
-              serial_log: Path | None = None) -> RawVM:
+              serial_log: Path | None = None, accel: str = "tcg") -> RawVM:
         port = port or free_port(host)
-        argv = qemu_command(manifest, host, port, serial_log=serial_log)
+        argv = qemu_command(manifest, host, port, accel=accel, serial_log=serial_log)
         stderr = tempfile.TemporaryFile()
         started = time.monotonic()
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -2,9 +2,10 @@
 
 A minimal ``GET path HTTP/1.0`` over a raw TCP connection: the status line is
 all we need, and it is much cheaper than an HTTP client stack while a boot is
-competing for the same two cores.  Attempts repeat every ``interval`` (timer
-driven, never a busy loop) until one returns the expected status or the
-overall deadline passes; the last error is kept for the failure log line.
+competing for the same two cores.  Attempts start every ``interval`` (timer
+driven, never a busy loop, overlapping while older ones wait) until one
+returns the expected status or the overall deadline passes; the last error is
+kept for the failure log line.
 
 In QEMU user networking the host side of the port forward accepts a
 connection before the guest is listening and then drops it, so "connection
@@ -103,7 +104,8 @@ def probe_once(reactor: Any, address: str, port: int, path: str, timeout: float,
                kind: str = "http") -> defer.Deferred:
     """One attempt; fires with the HTTP status code (0 for a tcp probe) or
     fails with ProbeError."""
-    done: defer.Deferred = defer.Deferred()
+    # Cancelling an attempt (another one already succeeded) drops its connection.
+    done: defer.Deferred = defer.Deferred(lambda _: connector.disconnect())
     request = None if kind == "tcp" else (
         f"GET {path} HTTP/1.0\r\nHost: {address}\r\nUser-Agent: summoner-probe\r\n\r\n".encode())
     connector = reactor.connectTCP(address, port, _Factory(request, done), timeout=timeout)
@@ -122,8 +124,20 @@ def probe_once(reactor: Any, address: str, port: int, path: str, timeout: float,
     return done.addBoth(finish)
 
 
+# Attempts that may be waiting at once (see Probe).
+MAX_PENDING_ATTEMPTS = 32
+
+
 class Probe:
-    """Repeated attempts until success, deadline or cancel()."""
+    """Attempts every ``interval`` until one succeeds, the deadline passes, or
+    cancel().
+
+    Attempts overlap: a new one starts every interval even while older ones
+    are still waiting.  With QEMU user networking an attempt made before the
+    guest's NIC is up is accepted on the host side and then hangs until its
+    own timeout, so one-at-a-time probing would notice a ready guest up to a
+    whole ``request_timeout`` late (measured here: ~500 ms of a ~550 ms boot).
+    """
 
     def __init__(self, reactor: Any, address: str, port: int, path: str = "/", *,
                  expect_status: int = 200, interval: float = 0.02, request_timeout: float = 0.5,
@@ -138,6 +152,7 @@ class Probe:
         self.request_timeout = request_timeout
         self.deadline = deadline  # absolute, in reactor.seconds()
         self.attempts = 0
+        self._pending: set[defer.Deferred] = set()
         self.last_error: str | None = None
         self._done: defer.Deferred = defer.Deferred()
         self._timer: Any = None
@@ -145,50 +160,63 @@ class Probe:
     def run(self) -> defer.Deferred:
         """Fires with the number of attempts on success; fails with
         ProbeTimeoutError past the deadline or ProbeCancelledError."""
-        self._attempt()
+        self._tick()
         return self._done
 
     def cancel(self, reason: str) -> None:
         if self._done.called:
             return
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        self._settle()
         self._done.errback(ProbeCancelledError(reason))
 
-    def _attempt(self) -> None:
+    def _settle(self) -> None:
+        """No more attempts, and none left waiting."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        for attempt in list(self._pending):
+            attempt.cancel()
+
+    def _tick(self) -> None:
         self._timer = None
         if self._done.called:
             return
         remaining = self.deadline - self.reactor.seconds()
         if remaining <= 0:
+            self._settle()
             self._done.errback(ProbeTimeoutError(
                 f"probe of http://{self.address}:{self.port}{self.path} did not succeed in time "
                 f"({self.attempts} attempts)", self.attempts, self.last_error))
             return
-        self.attempts += 1
-        timeout = min(self.request_timeout, remaining)
-        d = probe_once(self.reactor, self.address, self.port, self.path, timeout, self.kind)
-        d.addCallbacks(self._answered, self._failed, errbackArgs=(timeout < self.request_timeout,))
+        if len(self._pending) < MAX_PENDING_ATTEMPTS:
+            self.attempts += 1
+            timeout = min(self.request_timeout, remaining)
+            d = probe_once(self.reactor, self.address, self.port, self.path, timeout, self.kind)
+            self._pending.add(d)
+            d.addBoth(self._left, d)
+            d.addCallbacks(self._answered, self._failed, errbackArgs=(timeout < self.request_timeout,))
+        if not self._done.called:
+            self._timer = self.reactor.callLater(max(0.0, min(self.interval, remaining)), self._tick)
+
+    def _left(self, result: Any, attempt: defer.Deferred) -> Any:
+        self._pending.discard(attempt)
+        return result
 
     def _answered(self, status: int) -> None:
         if status == self.expect_status or (self.kind == "tcp" and status == 0):
             metrics.PROBE_ATTEMPTS.labels("ok").inc()
             if not self._done.called:
+                self._settle()
                 self._done.callback(self.attempts)
             return
+        metrics.PROBE_ATTEMPTS.labels("fail").inc()
         self.last_error = f"HTTP {status}, expected {self.expect_status}"
-        self._again()
 
     def _failed(self, failure: Failure, cut_short: bool) -> None:
+        if failure.check(defer.CancelledError):
+            return  # dropped by _settle: the probe is over, this says nothing
+        metrics.PROBE_ATTEMPTS.labels("fail").inc()
         # An attempt the deadline cut short says only "no time left"; the
         # error before it (an HTTP 503, a refused connection) is the real why.
         if not (cut_short and self.last_error):
             self.last_error = failure.getErrorMessage()
-        self._again()
-
-    def _again(self) -> None:
-        metrics.PROBE_ATTEMPTS.labels("fail").inc()
-        if self._done.called:
-            return
-        remaining = self.deadline - self.reactor.seconds()
-        self._timer = self.reactor.callLater(max(0.0, min(self.interval, remaining)), self._attempt)

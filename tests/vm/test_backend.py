@@ -193,6 +193,33 @@ class ProbeTest(unittest.TestCase):
         self.assertIn("connect failed", info.exception.last_error)
 
 
+    @defer.inlineCallbacks
+    def test_an_attempt_that_hangs_does_not_hold_up_readiness(self):
+        """Like QEMU's port forward before the guest NIC is up: connections made
+        early are accepted and never answered; later ones are served."""
+        from twisted.internet import protocol as tprotocol
+
+        ready_at = reactor.seconds() + 0.2
+
+        class Guest(tprotocol.Protocol):
+            def dataReceived(self, data):  # noqa: N802
+                if reactor.seconds() >= ready_at and not getattr(self, "early", False):
+                    self.transport.write(b"HTTP/1.0 200 OK\r\n\r\n")
+                    self.transport.loseConnection()
+
+            def connectionMade(self):  # noqa: N802
+                self.early = reactor.seconds() < ready_at  # this one hangs forever
+
+        factory = tprotocol.Factory.forProtocol(Guest)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.35")
+        self.addCleanup(port.stopListening)
+        probe = Probe(reactor, "127.0.0.35", port.getHost().port, "/", interval=0.02, request_timeout=2.0,
+                      deadline=reactor.seconds() + 5)
+        started = reactor.seconds()
+        yield probe.run()
+        # one-at-a-time probing would wait out the first attempt's 2 s timeout
+        self.assertLess(reactor.seconds() - started, 1.0)
+
 def test_traffic_seen():
     from summoner.vm.reaper import traffic_seen
     est = "TCP[ESTABLISHED] 18 127.0.0.10 8080 10.0.2.15 8080 0 0"
