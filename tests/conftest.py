@@ -106,6 +106,22 @@ def wait_until_answering(server: Server, deadline: float = 20.0) -> None:
     raise RuntimeError(f"summoner did not answer within {deadline}s:\n{server.log()}")
 
 
+def launch(workdir: Path, zone_dir: Path, *extra: str, host: str = "127.0.0.1",
+           server_class: type[Server] = Server) -> Server:
+    """Start ``summoner serve`` on free ports, logging to ``workdir``; does not wait."""
+    port, metrics_port, admin_port = free_port(host), free_port(), free_port()
+    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    # Each server gets its own admin port: parallel servers must not meet.
+    admin = [] if "--admin" in extra else ["--admin", f"127.0.0.1:{admin_port}"]
+    args = ["serve", "--listen", listen, "--zones", str(zone_dir),
+            "--metrics", f"127.0.0.1:{metrics_port}", *admin, *extra]
+    log_path = workdir / "summoner.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(summoner_command() + args, stdout=log_file, stderr=subprocess.STDOUT,
+                                   cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return server_class(host, port, metrics_port, process, log_path, zone_dir, args, admin_port)
+
+
 @pytest.fixture
 def start_server(tmp_path_factory) -> Iterator:
     """Start ``summoner serve`` with a zone directory (copied, so tests may edit it)."""
@@ -119,19 +135,7 @@ def start_server(tmp_path_factory) -> Iterator:
             shutil.copytree(zones, zone_dir)
         else:
             zone_dir = zones
-        port = free_port(host)
-        metrics_port = free_port()
-        admin_port = free_port()
-        listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        # Each server gets its own admin port: parallel servers must not meet.
-        admin = [] if "--admin" in extra else ["--admin", f"127.0.0.1:{admin_port}"]
-        args = ["serve", "--listen", listen, "--zones", str(zone_dir),
-                "--metrics", f"127.0.0.1:{metrics_port}", *admin, *extra]
-        log_path = workdir / "summoner.log"
-        with open(log_path, "wb") as log_file:
-            process = subprocess.Popen(summoner_command() + args, stdout=log_file, stderr=subprocess.STDOUT,
-                                       cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        server = Server(host, port, metrics_port, process, log_path, zone_dir, args, admin_port)
+        server = launch(workdir, zone_dir, *extra, host=host)
         servers.append(server)
         if wait:
             wait_until_answering(server)
@@ -150,15 +154,7 @@ def example_server(tmp_path_factory) -> Iterator[Server]:
     shutil.copytree(EXAMPLE_ZONES, zone_dir)
     for path in (ROOT / "tests" / "zones" / "good").glob("*.zone"):
         shutil.copy(path, zone_dir)
-    port, metrics_port, admin_port = free_port(), free_port(), free_port()
-    log_path = workdir / "summoner.log"
-    args = ["serve", "--listen", f"127.0.0.1:{port}", "--zones", str(zone_dir),
-            "--metrics", f"127.0.0.1:{metrics_port}", "--admin", f"127.0.0.1:{admin_port}",
-            "--tcp-idle-timeout", "2"]
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(summoner_command() + args, stdout=log_file, stderr=subprocess.STDOUT,
-                                   cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    server = Server("127.0.0.1", port, metrics_port, process, log_path, zone_dir, args, admin_port)
+    server = launch(workdir, zone_dir, "--tcp-idle-timeout", "2")
     try:
         wait_until_answering(server)
         yield server

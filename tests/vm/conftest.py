@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Server, free_port, summoner_command, wait_until_answering
+from tests.conftest import ROOT, Server, launch, wait_until_answering
 
 URI = "qemu:///system"
 IMAGE_DIRS = ["--images", str(ROOT / "images"), "--images", str(ROOT / "tests" / "images")]
@@ -85,8 +85,6 @@ def clean_domains(vm_env) -> Iterator[None]:
 
 
 class ODServer(Server):
-    admin_port: int = 0
-
     def status(self) -> dict[str, dict]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/services", timeout=10) as reply:
             return {row["name"]: row for row in json.load(reply)}
@@ -115,16 +113,8 @@ def od_server(vm_env, clean_domains, tmp_path_factory) -> Iterator:
         zones = workdir / "zones"
         zones.mkdir()
         (zones / "od.test.zone").write_text(ZONE.format(hello=hello, tasks=tasks, crowd=crowd))
-        port, metrics_port, admin_port = free_port(), free_port(), free_port()
-        args = ["serve", "--listen", f"127.0.0.1:{port}", "--zones", str(zones),
-                "--metrics", f"127.0.0.1:{metrics_port}", "--admin", f"127.0.0.1:{admin_port}",
-                "--virt-type", "qemu", "--reap-interval", "0.5", *IMAGE_DIRS, *extra]
-        log_path = workdir / f"summoner-{len(servers)}.log"
-        with open(log_path, "wb") as log_file:
-            process = subprocess.Popen(summoner_command() + args, stdout=log_file, stderr=subprocess.STDOUT,
-                                       cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        server = ODServer("127.0.0.1", port, metrics_port, process, log_path, zones, args)
-        server.admin_port = admin_port
+        server = launch(workdir, zones, "--virt-type", "qemu", "--reap-interval", "0.5", *IMAGE_DIRS, *extra,
+                        server_class=ODServer)
         servers.append(server)
         wait_until_answering(server)
         return server
