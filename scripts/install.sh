@@ -11,6 +11,10 @@ PACKAGES=(
   linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev musl-tools cpio lz4 busybox-static
   # DNS clients and reference tools used by tests and benchmarks
   bind9-utils bind9-dnsutils knot-dnsutils dnsperf nsd prometheus
+  # virt-xml-validate needs xmllint; the Arrowhead TLS tests write legacy keystores with openssl
+  libxml2-utils openssl
+  # systemd-analyze verifies deploy/summoner.service (systemd need not be running)
+  systemd
   python3-venv curl
 )
 
