@@ -24,7 +24,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
@@ -35,6 +34,7 @@ from summoner.vm import metrics
 from summoner.vm.config import OnDemandConfig
 from summoner.vm.domxml import NetworkSettings, domain_xml, metadata_xml
 from summoner.vm.hosts import OnDemandHost
+from summoner.vm.kvmcheck import KvmBootCheck
 from summoner.vm.libvirt_backend import BackendError, LibvirtBackend
 from summoner.vm.probe import Probe, ProbeCancelledError, ProbeTimeoutError
 from summoner.vm.spec import VMSpec, build_spec, missing_artifacts
@@ -113,6 +113,7 @@ class Fleet:
         # KVM boot check at start).
         self.virt_decided: defer.Deferred = defer.succeed(None)
         self.kvm_check_pending = False  # auto, but no image was built at start
+        self.kvm_check = KvmBootCheck(reactor, backend, config.domain_prefix)
         self._boot_slots = defer.DeferredSemaphore(config.max_concurrent_boots)
         self._reconciling: defer.Deferred | None = None
 
@@ -458,60 +459,16 @@ class Fleet:
 
     async def decide_kvm(self, spec: VMSpec) -> None:
         """``--virt-type auto`` with KVM offered: test-boot ``spec`` under KVM
-        (or reuse the verdict cached in /run until the host reboots) and set
-        the virt type accordingly."""
-        cached = _read_verdict()
-        if cached is not None:
-            ok, why = cached
-            why = f"{why} (cached in {VERDICT_PATH})"
-        else:
-            ok, why, conclusive = await self.kvm_boot_check(spec, timeout=min(8.0, spec.boot_timeout))
-            if conclusive:
-                _write_verdict(ok, why)
-        if ok:
+        (or reuse the verdict cached until the host reboots) and set the virt
+        type accordingly."""
+        verdict = await self.kvm_check.verdict(spec, timeout=min(8.0, spec.boot_timeout))
+        if verdict.usable:
             self.virt_type = "kvm"
-            log.info("virt type auto: KVM boot check passed ({why}); using kvm", why=why)
+            log.info("virt type auto: KVM boot check passed ({why}); using kvm", why=verdict.why)
         else:
             self.virt_type = "qemu"
             log.warn("virt type auto: KVM unusable (a test boot of {image} under KVM failed: {why}); "
-                     "falling back to TCG (virt type qemu)", image=spec.image, why=why)
-
-    async def kvm_boot_check(self, spec: VMSpec, timeout: float = 8.0) -> tuple[bool, str, bool]:
-        """Boot ``spec``'s image once under KVM on a private port: True if its
-        probe answers.  /dev/kvm can exist while guests hang or die under it
-        (nested hosts), which only a real boot shows.  The third value says
-        whether the verdict may be cached: a libvirt error (libvirtd restarting)
-        says nothing about KVM, so it holds for this run only."""
-        import dataclasses
-        import socket
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        check = dataclasses.replace(spec, service="kvm-boot-check", domain_name=self.config.domain_prefix
-                                    + "kvm-boot-check", address="127.0.0.1", config_hash="check")
-        xml = domain_xml(check, "kvm", NetworkSettings("user"), spec.machine, host_port=port)
-        self._check_probe: Probe | None = None
-        try:
-            await self._quiet_destroy(check.domain_name)
-            await self.backend.create(xml, autodestroy=True)
-        except BackendError as exc:
-            return False, f"libvirt: {exc}", False
-        probe = Probe(self.reactor, "127.0.0.1", port, spec.probe_path, expect_status=spec.expect_status,
-                      interval=spec.probe_interval, request_timeout=spec.request_timeout,
-                      deadline=self.now() + timeout, kind=spec.probe_kind)
-        self._check_probe = probe
-        try:
-            await probe.run()
-            return True, "ok", True
-        except (ProbeTimeoutError, ProbeCancelledError) as exc:
-            qemu_tail, _console = await self.backend.logs(check.domain_name)
-            last = qemu_tail.strip().splitlines()[-1:] or [""]
-            # a cancelled check (summoner stopping) proves nothing either way
-            conclusive = isinstance(exc, ProbeTimeoutError)
-            return False, f"{exc}; last probe error: {probe.last_error}; QEMU: {last[0]}", conclusive
-        finally:
-            self._check_probe = None
-            await self._quiet_destroy(check.domain_name)
+                     "falling back to TCG (virt type qemu)", image=spec.image, why=verdict.why)
 
     # -- capacity --------------------------------------------------------------
 
@@ -623,10 +580,8 @@ class Fleet:
     def on_event(self, domain: str, event: str, detail: str, uuid: str = "") -> None:
         svc = self.by_domain.get(domain)
         if svc is None:
-            check = getattr(self, "_check_probe", None)
-            if check is not None and domain.endswith("kvm-boot-check") and event in ("stopped", "crashed",
-                                                                                   "suspended"):
-                check.cancel(f"check domain {event} ({detail})")
+            if domain == self.kvm_check.domain_name:
+                self.kvm_check.on_event(event, detail)
             return
         if svc.state is State.BOOTING and svc.domain_uuid is None and svc.reserved:
             # createXML has not returned yet: we cannot tell this instance's
@@ -821,26 +776,6 @@ class Fleet:
                 "standby": svc.standby,
             })
         return rows
-
-
-VERDICT_PATH = Path("/run/summoner/kvm-boot-check")
-
-
-def _read_verdict() -> tuple[bool, str] | None:
-    try:
-        text = VERDICT_PATH.read_text().strip()
-    except OSError:
-        return None
-    verdict, _, why = text.partition(" ")
-    return (verdict == "kvm", why or verdict) if verdict in ("kvm", "qemu") else None
-
-
-def _write_verdict(ok: bool, why: str) -> None:
-    try:
-        VERDICT_PATH.parent.mkdir(parents=True, exist_ok=True)
-        VERDICT_PATH.write_text(f"{'kvm' if ok else 'qemu'} {why}\n")
-    except OSError as exc:
-        log.warn("cannot cache the KVM verdict in {path}: {err}", path=VERDICT_PATH, err=exc)
 
 
 def _wait(d: defer.Deferred) -> defer.Deferred:

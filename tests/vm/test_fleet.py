@@ -398,16 +398,16 @@ class FleetTest(unittest.TestCase):
         import tempfile
         from pathlib import Path
 
-        import summoner.vm.service as service_module
+        import summoner.vm.kvmcheck as kvmcheck_module
         tmp = Path(tempfile.mkdtemp(prefix="summoner-verdict-"))
         self.addCleanup(shutil.rmtree, tmp, True)
-        self.patch(service_module, "VERDICT_PATH", tmp / "verdict")
+        self.patch(kvmcheck_module, "VERDICT_PATH", tmp / "verdict")
         od = self.make([host("hello", "127.0.0.101", "hello")], {"hello": manifest("hello")}, virt_type="auto")
         self.backend.kvm_usable = lambda: defer.succeed((True, "ok"))
         self.backend.silent.add("kvm-boot-check")  # the test boot never answers: a broken KVM
         yield od.start()
         self.assertEqual(od.fleet.virt_type, "qemu")
-        self.assertTrue(service_module.VERDICT_PATH.read_text().startswith("qemu "))
+        self.assertTrue(kvmcheck_module.VERDICT_PATH.read_text().startswith("qemu "))
         self.assertNotIn("summoner-kvm-boot-check", self.backend.domains)
         answer = yield od.stage.resolve(Query.of("hello.example.org", "A"))
         self.assertEqual(answer.rcode, RCODE.NOERROR)
