@@ -9,6 +9,7 @@ from pathlib import Path
 from summoner import __version__
 from summoner.arrowhead.config import ArrowheadConfigError, config_from_args
 from summoner.arrowhead.config import add_cli_arguments as add_arrowhead_arguments
+from summoner.doctor import add_doctor_command
 from summoner.netaddr import host_port
 from summoner.vm.cli import (
     add_admin_commands,
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_check_arguments(check)
     check.set_defaults(run=run_check)
     add_admin_commands(commands)
+    add_doctor_command(commands)
 
     image = commands.add_parser("image", help="unikernel images")
     image_commands = image.add_subparsers(dest="image_command", required=True, metavar="ACTION")

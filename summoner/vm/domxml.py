@@ -174,3 +174,17 @@ def domain_xml(spec: VMSpec, virt_type: str, net: NetworkSettings, machine: str 
         for arg in ("-netdev", netdev, "-device", device):
             ET.SubElement(cl, f"{{{QEMU_NS}}}arg", {"value": arg})
     return ET.tostring(dom, encoding="unicode")
+
+
+def empty_domain_xml(name: str, virt_type: str, machine: str = "pc") -> str:
+    """A domain with nothing to boot: started paused, it measures what
+    libvirt and QEMU cost before any guest runs (``summoner doctor``)."""
+    dom = ET.Element("domain", {"type": virt_type})
+    _sub(dom, "name", name)
+    _sub(dom, "memory", "16", unit="MiB")
+    _sub(dom, "vcpu", "1")
+    _sub(_sub(dom, "os"), "type", "hvm", arch="x86_64", machine=machine)
+    dev = _sub(dom, "devices")
+    _sub(dev, "controller", type="usb", model="none")
+    _sub(dev, "memballoon", model="none")
+    return ET.tostring(dom, encoding="unicode")

@@ -92,6 +92,19 @@ class NotConnectedError(BackendError):
 
 
 @dataclass(frozen=True)
+class Hypervisor:
+    """What libvirt offers for one domain type (``summoner doctor``)."""
+    libvirt_version: str
+    qemu_version: str
+    emulator: str
+    machine: str
+
+
+def _version(number: int) -> str:
+    return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
+
+
+@dataclass(frozen=True)
 class DomainInfo:
     name: str
     state: str                  # running | paused | shutoff | crashed
@@ -485,6 +498,16 @@ class LibvirtBackend:
             return (tail_file(qemu_log_path(domain_name), lines, skip_argv=True),
                     tail_file(console_log_path(domain_name), lines))
         return self._in_thread(run)
+
+    def hypervisor(self, virt_type: str, machine: str) -> defer.Deferred:
+        """Fires with the ``Hypervisor`` libvirt would use for ``virt_type``
+        domains of ``machine``; BackendError if it offers none."""
+        def run(conn: libvirt.virConnect) -> Hypervisor:
+            import xml.etree.ElementTree as ET
+            caps = ET.fromstring(conn.getDomainCapabilities(None, "x86_64", machine, virt_type, 0))
+            return Hypervisor(_version(conn.getLibVersion()), _version(conn.getVersion()),
+                              caps.findtext("path", ""), caps.findtext("machine", machine))
+        return self._call(run)
 
     def kvm_usable(self) -> defer.Deferred:
         """Whether KVM is offered at all (device present and libvirt agrees).
