@@ -29,6 +29,12 @@ QUERY_TO_READY = Histogram(
     "by kind (boot, resume).",
     ["kind"], buckets=READY_BUCKETS,
 )
+BOOT_PHASES = Histogram(
+    "summoner_vm_boot_phase_seconds",
+    "Time spent in each phase of a boot or resume: slot (waiting for a boot slot), libvirt (domain "
+    "start), guest (domain started to first successful probe), resume.",
+    ["phase"], buckets=READY_BUCKETS,
+)
 PROBE_ATTEMPTS = Counter(
     "summoner_vm_probe_attempts_total", "HTTP readiness probe attempts, by result (ok, fail).", ["result"],
 )
@@ -51,5 +57,7 @@ for _state in STATES:
     VMS.labels(_state)
 for _result in ("ok", "fail"):
     PROBE_ATTEMPTS.labels(_result)
+for _phase in ("slot", "libvirt", "guest", "resume"):
+    BOOT_PHASES.labels(_phase)
 for _kind in ("boot", "resume"):
     QUERY_TO_READY.labels(_kind)

@@ -36,6 +36,7 @@ from summoner.vm.domxml import NetworkSettings, domain_xml, metadata_xml
 from summoner.vm.hosts import OnDemandHost
 from summoner.vm.kvmcheck import KvmBootCheck
 from summoner.vm.libvirt_backend import BackendError, LibvirtBackend
+from summoner.vm.phases import Phase, PhaseTimer
 from summoner.vm.probe import Probe, ProbeCancelledError, ProbeTimeoutError
 from summoner.vm.spec import VMSpec, build_spec, missing_artifacts
 
@@ -218,6 +219,8 @@ class Fleet:
     async def _boot_steps(self, svc: Service) -> None:
         gen = svc.generation
         spec = svc.spec
+        timer = PhaseTimer(self.now)
+        timer.enter(Phase.SLOT)
         self._set_state(svc, State.BOOTING)
         svc.reserved = False
         missing = missing_artifacts(spec)
@@ -271,6 +274,7 @@ class Fleet:
             # Cleared only now: until this instance starts, late events of the
             # previous one (or of a standby being created) must not abort it.
             svc.boot_abort = None
+            timer.enter(Phase.LIBVIRT)
             if svc.standby and await self._use_standby(svc):
                 xml = ""
             else:
@@ -279,19 +283,17 @@ class Fleet:
             svc.early_events = []
             try:
                 if xml:
-                    svc.domain_uuid = await self.backend.create(xml)
+                    svc.domain_uuid = await self._create(xml, spec.domain_name, deadline)
+            except defer.TimeoutError:
+                # The domain may still appear: the destroy in _boot_failed runs
+                # on the libvirt thread after the create and removes it.
+                await self._boot_failed(svc, gen, "timeout", timer.overran(spec.boot_timeout)
+                                        + "; see summoner doctor", timer)
+                return
             except BackendError as exc:
-                if "already exists" in str(exc) or "already active" in str(exc):
-                    # A leftover of ours (e.g. a failed destroy): replace it.
-                    await self._quiet_destroy(spec.domain_name)
-                    try:
-                        svc.domain_uuid = await self.backend.create(xml)
-                    except BackendError as exc2:
-                        await self._boot_failed(svc, gen, "error", f"libvirt: {exc2}")
-                        return
-                else:
-                    await self._boot_failed(svc, gen, "error", f"libvirt: {exc}")
-                    return
+                await self._boot_failed(svc, gen, "error", f"libvirt: {exc}", timer)
+                return
+            timer.enter(Phase.GUEST)
             for uuid, why in svc.early_events:
                 if uuid == svc.domain_uuid:
                     svc.boot_abort = why
@@ -312,11 +314,11 @@ class Fleet:
                 attempts = await probe.run()
             except ProbeTimeoutError as exc:
                 await self._boot_failed(svc, gen, "timeout",
-                                        f"not ready within {spec.boot_timeout:g}s; last probe error: "
-                                        f"{exc.last_error}")
+                                        f"{timer.overran(spec.boot_timeout)}; last probe error: "
+                                        f"{exc.last_error or 'no attempt got an answer'}", timer)
                 return
             except ProbeCancelledError as exc:
-                await self._boot_failed(svc, gen, "error", f"{exc}; last probe error: {probe.last_error}")
+                await self._boot_failed(svc, gen, "error", f"{exc}; last probe error: {probe.last_error}", timer)
                 return
             finally:
                 svc.probe = None
@@ -331,14 +333,16 @@ class Fleet:
             svc.last_activity = now
             svc.traffic_token = None
             svc.reserved = False
+            timer.end()
             self._set_state(svc, State.READY)
             if not xml:  # was a standby: it is a running VM now
                 self.backend.set_metadata(spec.domain_name, metadata_xml(spec)).addErrback(lambda f: None)
             metrics.BOOTS.labels(svc.name, "success").inc()
             if svc.first_wait is not None:
                 metrics.QUERY_TO_READY.labels("boot").observe(now - svc.first_wait)
-            log.info("{service}: ready in {ms:.0f} ms ({attempts} probe attempts, virt type {virt})",
-                     service=svc.name, ms=(now - start) * 1000, attempts=attempts, virt=self.virt_type)
+            log.info("{service}: ready in {ms:.0f} ms ({phases}; {attempts} probe attempts, virt type {virt})",
+                     service=svc.name, ms=(now - start) * 1000, phases=timer.summary(), attempts=attempts,
+                     virt=self.virt_type)
             self._finish(svc, True)
         finally:
             self._boot_slots.release()
@@ -392,8 +396,27 @@ class Fleet:
         except BackendError as exc:
             log.warn("destroy of {domain} failed: {err}", domain=domain, err=exc)
 
-    async def _boot_failed(self, svc: Service, gen: int, result: str, why: str) -> None:
+    async def _create(self, xml: str, domain: str, deadline: float) -> str:
+        """createXML within the boot deadline (``defer.TimeoutError`` past
+        it); a leftover domain of ours (a failed destroy) is replaced."""
+        try:
+            return await self._within(self.backend.create(xml), deadline)
+        except BackendError as exc:
+            if "already exists" not in str(exc) and "already active" not in str(exc):
+                raise
+        await self._quiet_destroy(domain)
+        return await self._within(self.backend.create(xml), deadline)
+
+    def _within(self, d: defer.Deferred, deadline: float) -> defer.Deferred:
+        # Cancelling a libvirt call's Deferred does not stop the call; its late
+        # result is dropped.
+        return d.addTimeout(max(0.0, deadline - self.now()), self.reactor)
+
+    async def _boot_failed(self, svc: Service, gen: int, result: str, why: str,
+                           timer: PhaseTimer | None = None) -> None:
         spec = svc.spec
+        if timer is not None:
+            timer.end()
         if gen == svc.generation:
             # Answer the waiters now (SERVFAIL within the deadline); the
             # destroy (a second or more for QEMU to exit) happens after.
@@ -410,9 +433,10 @@ class Fleet:
             return
         delay = svc.retry_at - self.now()
         log.error(
-            "{service}: boot of image {image} failed ({result}): {why}; retry allowed in {delay:.1f}s "
-            "(failure {n})\n--- QEMU log ({qlog}):\n{qemu}\n--- console:\n{console}",
+            "{service}: boot of image {image} failed ({result}): {why}; phases: {phases}; retry allowed in "
+            "{delay:.1f}s (failure {n})\n--- QEMU log ({qlog}):\n{qemu}\n--- console:\n{console}",
             service=svc.name, image=spec.image, result=result, why=why, delay=max(0.0, delay), n=svc.failures,
+            phases=timer.summary() if timer is not None else "none",
             qlog=f"/var/log/libvirt/qemu/{spec.domain_name}.log",
             qemu=qemu_tail.strip() or "(empty)", console=console_tail.strip() or "(empty)")
 
@@ -427,6 +451,8 @@ class Fleet:
 
     async def _resume(self, svc: Service) -> None:
         gen = svc.generation
+        timer = PhaseTimer(self.now)
+        timer.enter(Phase.RESUME)
         self._set_state(svc, State.BOOTING)
         svc.reserved = True  # the suspended VM still exists: it counts against capacity while resuming
         try:
@@ -446,6 +472,7 @@ class Fleet:
         svc.reserved = False
         if gen != svc.generation:
             return
+        timer.end()
         now = self.now()
         svc.last_demand = max(svc.last_demand, now)
         svc.last_activity = now
