@@ -94,7 +94,27 @@ class OnDemand:
     def start(self) -> defer.Deferred:
         return defer.Deferred.fromCoroutine(self._start())
 
+    def check_host(self) -> defer.Deferred:
+        """``summoner doctor``'s quick checks, logged as warnings (start-up
+        goes on: DNS matters more, and TCG works without KVM)."""
+        from twisted.internet import threads
+
+        from summoner import doctor
+        plan = doctor.Plan(self.config, zones=None, specs=[s.spec for s in self.fleet.services.values()])
+
+        def report(findings: list[doctor.Finding]) -> None:
+            bad = [f for f in findings if f.level is not doctor.Level.OK]
+            for finding in bad:
+                log.warn("host check: {line}", line=finding.line())
+            if not bad:
+                log.info("host checks: all {n} ok", n=len(findings))
+
+        def failed(failure: Any) -> None:
+            log.failure("host checks failed", failure)
+        return threads.deferToThread(doctor.host_checks, plan).addCallbacks(report, failed)
+
     async def _start(self) -> None:
+        self.check_host()
         # Boots wait until running VMs are adopted (a boot would otherwise
         # collide with a VM that is already there) and the virt type is known.
         ready: defer.Deferred = defer.Deferred()
