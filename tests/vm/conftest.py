@@ -124,8 +124,8 @@ def od_server(vm_env, clean_domains, tmp_path_factory) -> Iterator:
         server.stop()
 
 
-def restart_libvirtd() -> None:
-    """Stop the libvirtd we run (by its pid file) and start it again."""
+def stop_libvirtd() -> None:
+    """Stop the libvirtd we run (by its pid file) and wait until it is gone."""
     pid_file = Path("/var/run/libvirtd.pid")
     pid = int(pid_file.read_text().strip())
     os.kill(pid, 15)
@@ -134,11 +134,21 @@ def restart_libvirtd() -> None:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            break
+            return
         time.sleep(0.05)
+    raise AssertionError(f"libvirtd (pid {pid}) did not stop within 15 s")
+
+
+def start_libvirtd() -> None:
+    """Start libvirtd itself (not scripts/start-libvirt.sh, which also sets up the host)."""
     subprocess.run(["libvirtd", "-d"], check=True)
     deadline = time.monotonic() + 30
     while not libvirt_up():
         if time.monotonic() > deadline:
             raise AssertionError("libvirtd did not come back")
         time.sleep(0.1)
+
+
+def restart_libvirtd() -> None:
+    stop_libvirtd()
+    start_libvirtd()
