@@ -7,17 +7,25 @@ it (an in-zone name that does not exist) may give a *tentative* answer: later
 stages may still claim the name, and if none does the tentative answer is
 what the client gets.  This is how names inside a served zone can be handed to
 Arrowhead without the zone stage knowing that Arrowhead exists.
+
+The first stage may also be *compiled* (the static stage): it then answers
+from encoded fragments on the wire layer's hot path (``Chain.compiled``),
+and the later stages are only asked, without side effects, whether they
+would claim a name it has no data for (``Stage.claims``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from dnslib import QTYPE, RCODE, RR, DNSLabel
 from twisted.internet import defer
 from twisted.logger import Logger
+
+from summoner.compiled import REFUSED, Fragment
 
 log = Logger(namespace="summoner.resolution")
 
@@ -95,12 +103,58 @@ class Stage(Protocol):
 
     def resolve(self, query: Query) -> StageResult: ...
 
+    def claims(self, key: str) -> bool:
+        """Whether ``resolve`` might answer (not pass) for the name ``key``.
+        No side effects: the hot path asks it for names the compiled stage
+        has nothing for.  When unsure, True (the slow path then decides)."""
+        ...
+
+
+@runtime_checkable
+class CompiledStage(Protocol):
+    """A first stage whose answers are already encoded (``summoner.compiled``)."""
+
+    def lookup_wire(self, name: bytes, starts: list[int], qtype: int) -> Fragment | None: ...
+
+
+_PLAIN_LABEL = re.compile(rb"[a-z0-9_*-]+")
+
+
+def key_of_wire(name: bytes) -> str | None:
+    """A lower-cased wire name as a lookup key; None for names whose labels
+    would need escapes (the slow path handles those)."""
+    labels, i = [], 0
+    while name[i]:
+        label = name[i + 1:i + 1 + name[i]]
+        if not _PLAIN_LABEL.fullmatch(label):
+            return None
+        labels.append(label)
+        i += 1 + name[i]
+    return b".".join(labels).decode("ascii")
+
 
 class Chain:
     """Runs stages in order; the first definitive answer wins."""
 
     def __init__(self, stages: Sequence[Stage]) -> None:
         self.stages = list(stages)
+        first = self.stages[0] if self.stages else None
+        self._compiled = first if isinstance(first, CompiledStage) else None
+        self._later = self.stages[1:]
+
+    def compiled(self, name: bytes, starts: list[int], qtype: int) -> Fragment | None:
+        """The whole chain's answer as an encoded fragment, when the compiled
+        stage has the last word; None: resolve the query the slow way."""
+        if self._compiled is None:
+            return None
+        fragment = self._compiled.lookup_wire(name, starts, qtype)
+        if fragment is not None and not fragment.tentative:
+            return fragment
+        if self._later:
+            key = key_of_wire(name)
+            if key is None or any(stage.claims(key) for stage in self._later):
+                return None
+        return fragment or REFUSED
 
     def resolve(self, query: Query) -> Answer | defer.Deferred:
         return self._walk(query, 0, None)

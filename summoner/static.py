@@ -2,6 +2,12 @@
 
 Names outside every zone are not ours (``None``).  An in-zone name that does
 not exist gets a *tentative* NXDOMAIN so a later stage may still claim it.
+
+The rules live here once; ``summoner.compiled`` asks this stage for each
+answer's content (``answer_at``, ``referral``, ``nxdomain``) and keeps the
+encoded result, which is what the wire layer answers from
+(``lookup_wire``).  ``resolve`` is the same answer as dnslib objects, for the
+questions the wire layer's hot path leaves to the chain.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from dataclasses import dataclass
 
 from dnslib import QTYPE, RCODE, RR, DNSLabel
 
+from summoner.compiled import CompiledZone, CompiledZones, Fragment
 from summoner.resolution import Answer, Query, name_key
 from summoner.zonefile import Zone, ZoneSet
 
@@ -56,7 +63,33 @@ class StaticStage:
     def update(self, zones: ZoneSet) -> None:
         # Build the whole index first and swap it in one assignment, so a
         # query never sees half of an old and half of a new zone set.
-        self._zones = {origin: _index(zone) for origin, zone in zones.zones.items()}
+        indexed = {origin: _index(zone) for origin, zone in zones.zones.items()}
+        compiled = CompiledZones([CompiledZone(z.zone, z.existing, z.delegations, self) for z in indexed.values()])
+        self._zones, self.compiled = indexed, compiled
+
+    def claims(self, key: str) -> bool:
+        return self._find(key) is not None
+
+    def lookup_wire(self, name: bytes, starts: list[int], qtype: int) -> Fragment | None:
+        """The compiled answer for a lower-cased wire name (None: in no zone)."""
+        return self.compiled.lookup(name, starts, qtype)
+
+    # -- the answers' content, for summoner.compiled
+
+    def answer_at(self, origin: str, key: str, name: DNSLabel, qtype: int) -> Answer:
+        answer = Answer()
+        self._answer_name(self._zones[origin], name, key, qtype, answer, hops=0)
+        return answer
+
+    def referral(self, origin: str, cut: str) -> Answer:
+        answer = Answer()
+        self._refer(self._zones[origin], cut, answer)
+        return answer
+
+    def nxdomain(self, origin: str) -> Answer:
+        answer = Answer()
+        _no_such_name(self._zones[origin].zone, answer, hops=0)
+        return answer
 
     def find_zone(self, key: str) -> tuple[str, RR] | None:
         indexed = self._find(key)
@@ -85,18 +118,16 @@ class StaticStage:
                      answer: Answer, hops: int) -> None:
         zone = indexed.zone
         referral = self._delegation_above(indexed, key)
-        if referral is not None:
+        # DS lives on the parent side of a cut (RFC 4035 3.1.4.1): answered
+        # here, authoritatively, not referred.
+        if referral is not None and not (qtype == QTYPE.DS and referral == key):
             self._refer(indexed, referral, answer)
             return
         rrs = zone.records.get(key)
         if rrs is None and key not in indexed.existing:
             rrs = self._wildcard(indexed, key)
             if rrs is None:
-                answer.rcode = RCODE.NXDOMAIN
-                answer.authority.append(negative_soa(zone))
-                # Only the original name may be claimed by later stages; a
-                # dangling CNAME target is this zone's own answer.
-                answer.tentative = hops == 0
+                _no_such_name(zone, answer, hops)
                 return
         rrs = rrs or []
         matching = [rr for rr in rrs if rr.rtype == qtype or qtype == QTYPE.ANY]
@@ -128,19 +159,22 @@ class StaticStage:
         while encloser != origin:
             encloser = encloser.split(".", 1)[1]
             if encloser in indexed.existing:
-                return indexed.zone.records.get("*." + encloser)
+                # A wildcard that is an empty non-terminal still exists: NODATA.
+                wildcard = "*." + encloser
+                return indexed.zone.records.get(wildcard, []) if wildcard in indexed.existing else None
         return None
 
     def _delegation_above(self, indexed: _IndexedZone, key: str) -> str | None:
         if not indexed.delegations:
             return None
+        # The cut nearest the apex: everything below it is the child's.
         origin = indexed.zone.origin
-        name = key
+        name, cut = key, None
         while name != origin and name:
             if name in indexed.delegations:
-                return name
+                cut = name
             name = name.split(".", 1)[1] if "." in name else ""
-        return None
+        return cut
 
     def _refer(self, indexed: _IndexedZone, cut: str, answer: Answer) -> None:
         ns = [rr for rr in indexed.zone.records[cut] if rr.rtype == QTYPE.NS]
@@ -164,6 +198,14 @@ class StaticStage:
             for glue in indexed.zone.records.get(key, ()):
                 if glue.rtype in _ADDRESS_TYPES and glue not in answer.additional:
                     answer.additional.append(glue)
+
+
+def _no_such_name(zone: Zone, answer: Answer, hops: int) -> None:
+    answer.rcode = RCODE.NXDOMAIN
+    answer.authority.append(negative_soa(zone))
+    # Only the original name may be claimed by later stages; a dangling
+    # CNAME target is this zone's own answer.
+    answer.tentative = hops == 0
 
 
 def _owned_by(rr: RR, name: DNSLabel) -> RR:

@@ -1,9 +1,19 @@
 """DNS wire format: from request bytes to response bytes, transport-agnostic.
 
-The hot path never parses: identical questions (everything after the 2-byte
-ID, EDNS options included) are answered from pre-encoded responses with the ID
-patched in.  Everything else is parsed with dnslib, validated, resolved through
-the stage chain and encoded, with RFC 6891 EDNS handling and UDP truncation.
+Three paths, fastest first:
+
+1. *replay*: an identical question (everything after the 2-byte ID, EDNS
+   options included) that a stage allowed to be replayed (on-demand and
+   Arrowhead answers) gets its pre-encoded response with the ID patched in;
+2. *compiled*: a query of the usual shape (one IN question, at most an OPT
+   record) is parsed here without dnslib, and the chain's compiled stage
+   answers it from encoded fragments (``summoner.compiled``): every static
+   answer, random and wildcard names included, takes this path;
+3. *chain*: everything else is parsed with dnslib, validated, resolved
+   through the stage chain and encoded.
+
+All three follow RFC 6891 for EDNS (OPT echoed with the DO bit, RFC 3225)
+and truncate UDP answers that do not fit.
 """
 
 from __future__ import annotations
@@ -15,16 +25,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSRecord
-from prometheus_client import Counter
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from summoner import metrics
+from summoner.compiled import Fragment
 from summoner.resolution import Answer, Chain, Query, name_key, servfail
 
 log = Logger(namespace="summoner.wire")
 
 HEADER = struct.Struct("!HHHHHH")
+_COUNTS = struct.Struct("!HHHHH")  # the header after its ID
 CLASSIC_UDP_SIZE = 512
 # RFC 9715 / DNS flag day 2020: 1232 bytes avoids IP fragmentation on most paths.
 SERVER_UDP_SIZE = 1232
@@ -38,14 +49,72 @@ _TC = 0x0200
 # Flags a response keeps from its query (RFC 1035 RD; RFC 4035 CD).
 _ECHOED = 0x0100 | 0x0010
 _META_TYPES = {QTYPE.AXFR, QTYPE.IXFR, 253, 254}  # zone transfers, MAILB, MAILA
-_KNOWN_TYPE_NAMES = frozenset(QTYPE.forward.values())
+_STATS = metrics.QUERY_STATS
+# Types the compiled path leaves to the chain: meta types, and ANY.
+_CHAIN_TYPES = frozenset((*_META_TYPES, QTYPE.ANY))
+_DO = 0x8000  # the OPT TTL's DNSSEC OK bit (RFC 3225)
+_OPT_TAIL = struct.Struct("!HHIH")
+_QUESTION_TAIL = struct.Struct("!HH")
+# The OPT record a response carries: root owner, our UDP size, no options.
+_OPT_RECORD = {do: b"\0" + _OPT_TAIL.pack(OPT, SERVER_UDP_SIZE, do, 0) for do in (0, _DO)}
+
+
+# A query of the usual shape, parsed without dnslib: a plain tuple, because
+# building even a slotted dataclass costs a microsecond per query here.
+#   flags, question_end (just past QCLASS), name (the question name in wire
+#   form, lower-cased), starts (where each suffix of name begins; the last is
+#   the root), qtype, udp_limit (largest UDP response the client takes), opt
+#   (the OPT record to answer with; b"" when the query had none)
+HotQuery = tuple[int, int, bytes, list[int], int, int, bytes]
+
+
+def parse_hot(data: bytes) -> HotQuery | None:
+    """The one hot shape: a query, opcode 0, one IN question with an
+    uncompressed name, nothing else but one version-0 OPT record.  None for
+    anything else, which the dnslib path then validates and answers."""
+    size = len(data)
+    if size < 17 or size > 512:
+        return None
+    _id, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(data)
+    if flags & 0xF800 or qdcount != 1 or ancount or nscount or arcount > 1:
+        return None  # a response, another opcode, or unusual counts
+    i, starts = 12, []
+    while True:
+        length = data[i]
+        if length == 0:
+            break
+        if length > 63:
+            return None  # a compression pointer or a reserved label type
+        starts.append(i - 12)
+        i += length + 1
+        if i >= size:
+            return None
+    starts.append(i - 12)
+    end = i + 5
+    if end > size or i - 11 > 255:
+        return None
+    qtype, qclass = _QUESTION_TAIL.unpack_from(data, i + 1)
+    name = data[12:i + 1]
+    if qclass != 1 or qtype in _CHAIN_TYPES or not name.isascii():
+        return None  # non-ASCII labels: dnslib's rules (UTF-8 or FORMERR) decide, as for every other name
+    name = name.lower()
+    if not arcount:
+        return (flags, end, name, starts, qtype, CLASSIC_UDP_SIZE, b"") if end == size else None
+    if end + 11 > size or data[end] != 0:
+        return None
+    rtype, udp_size, ttl, rdlength = _OPT_TAIL.unpack_from(data, end + 1)
+    if rtype != OPT or ttl & 0x00FF0000 or end + 11 + rdlength != size:
+        return None  # not an OPT, version above 0 (BADVERS), or trailing bytes
+    limit = min(max(udp_size, CLASSIC_UDP_SIZE), SERVER_UDP_SIZE)
+    return flags, end, name, starts, qtype, limit, _OPT_RECORD[ttl & _DO]
 
 
 @dataclass(frozen=True, slots=True)
 class _Cached:
     tail: bytes  # the encoded response without its ID
     expires: float  # time.perf_counter() deadline; inf for answers that do not age
-    counter: Counter
+    qtype: int
+    rcode: int
     on_hit: Callable[[], None] | None
 
 
@@ -79,7 +148,6 @@ class Responder:
         self.chain = chain
         self.cache_limit = cache_limit
         self._caches: dict[str, dict[bytes, _Cached]] = {"udp": {}, "tcp": {}}
-        self._latency = {p: metrics.QUERY_SECONDS.labels(p) for p in self._caches}
         self.reject = RejectLog()
 
     def clear_cache(self) -> None:
@@ -93,11 +161,15 @@ class Responder:
         if entry is not None and started < entry.expires:
             if entry.on_hit is not None:
                 entry.on_hit()
-            entry.counter.inc()
-            self._latency[protocol].observe(time.perf_counter() - started)
+            _STATS.record(protocol, entry.qtype, entry.rcode, time.perf_counter() - started)
             return data[:2] + entry.tail
-        metrics.CACHE_MISSES.inc()
         try:
+            hot = parse_hot(data)
+            if hot is not None:
+                fragment = self.chain.compiled(hot[2], hot[3], hot[4])
+                if fragment is not None:
+                    return self._assemble(data, hot, fragment, protocol, started)
+            metrics.CACHE_MISSES.inc()
             return self._resolve(data, protocol, started)
         except Exception:
             # Nothing a client sends may escape as an exception: the transport
@@ -150,6 +222,33 @@ class Responder:
                 self._finish_late, data, request, protocol, started, opt)
         return self._finish(data, request, protocol, started, result, opt)
 
+    def _assemble(self, data: bytes, hot: HotQuery, fragment: Fragment, protocol: str, started: float) -> bytes:
+        """Header + the query's own question (its case echoed) + the fragment + OPT."""
+        flags, question_end, _name, _starts, qtype, udp_limit, opt = hot
+        rcode = fragment.rcode
+        flags = _QR | (flags & _ECHOED) | rcode | (_AA if fragment.authoritative else 0)
+        answers, authority, additional = fragment.counts
+        body = fragment.body
+        if opt:
+            additional += 1
+        if protocol == "udp" and question_end + len(body) + len(opt) > udp_limit:
+            metrics.TRUNCATED.inc()
+            flags |= _TC
+            answers = authority = 0
+            additional = 1 if opt else 0
+            body = b""
+        tail = b"".join((_COUNTS.pack(flags, 1, answers, authority, additional), data[12:question_end], body, opt))
+        if fragment.replayable:
+            self._remember(protocol, data, _Cached(tail, math.inf, qtype, rcode, None))
+        _STATS.record(protocol, qtype, rcode, time.perf_counter() - started)
+        return data[:2] + tail
+
+    def _remember(self, protocol: str, data: bytes, entry: _Cached) -> None:
+        cache = self._caches[protocol]
+        if len(cache) >= self.cache_limit:
+            cache.clear()  # cheaper than LRU bookkeeping on every hit
+        cache[data[2:]] = entry
+
     def _chain_failed(self, failure) -> Answer:
         log.failure("resolution failed", failure)
         return servfail()
@@ -176,7 +275,7 @@ class Responder:
                              auth=list(answer.authority), ar=list(answer.additional))
         limit = 65535
         if opt is not None:
-            response.add_ar(EDNS0(udp_len=SERVER_UDP_SIZE, ext_rcode=extended))
+            response.add_ar(_edns(opt, extended))
             if protocol == "udp":
                 limit = min(max(opt.rclass, CLASSIC_UDP_SIZE), SERVER_UDP_SIZE)
         elif protocol == "udp":
@@ -184,20 +283,14 @@ class Responder:
         packed = bytes(response.pack())
         if len(packed) > limit:
             packed = self._truncated(request, header, opt, extended)
-        qtype = QTYPE.get(request.q.qtype, "other")
-        counter = metrics.QUERIES.labels(protocol, qtype if qtype in _KNOWN_TYPE_NAMES else "other",
-                                         _rcode_name(answer.rcode))
-        counter.inc()
+        qtype = request.q.qtype
         if answer.on_hit is not None:
             answer.on_hit()
         if answer.cacheable:
-            cache = self._caches[protocol]
-            if len(cache) >= self.cache_limit:
-                cache.clear()  # cheaper than LRU bookkeeping on every hit
             lifetime = answer.cache_seconds
             expires = started + lifetime if lifetime is not None else math.inf
-            cache[data[2:]] = _Cached(packed[2:], expires, counter, answer.on_hit)
-        self._latency[protocol].observe(time.perf_counter() - started)
+            self._remember(protocol, data, _Cached(packed[2:], expires, qtype, answer.rcode, answer.on_hit))
+        _STATS.record(protocol, qtype, answer.rcode, time.perf_counter() - started)
         return packed
 
     def _truncated(self, request: DNSRecord, header: DNSHeader, opt, extended: int) -> bytes:
@@ -206,13 +299,17 @@ class Responder:
         header = DNSHeader(id=header.id, bitmap=header.bitmap | _TC)
         response = DNSRecord(header, q=request.q)
         if opt is not None:
-            response.add_ar(EDNS0(udp_len=SERVER_UDP_SIZE, ext_rcode=extended))
+            response.add_ar(_edns(opt, extended))
         return bytes(response.pack())
 
     def _error(self, data: bytes, rcode: int, protocol: str, started: float) -> bytes:
-        metrics.QUERIES.labels(protocol, "other", _rcode_name(rcode)).inc()
-        self._latency[protocol].observe(time.perf_counter() - started)
+        _STATS.record(protocol, -1, rcode, time.perf_counter() - started)
         return _header_only(data, rcode)
+
+
+def _edns(opt, extended: int) -> EDNS0:
+    """Our OPT record, echoing the query's DO bit (RFC 3225 3)."""
+    return EDNS0(udp_len=SERVER_UDP_SIZE, ext_rcode=extended, flags="do" if opt.ttl & _DO else "")
 
 
 def _header_only(data: bytes, rcode: int) -> bytes:
@@ -222,7 +319,3 @@ def _header_only(data: bytes, rcode: int) -> bytes:
     return HEADER.pack(_id, _QR | (flags & 0x7900) | rcode, 0, 0, 0, 0)
 
 
-def _rcode_name(rcode: int) -> str:
-    if rcode == BADVERS:
-        return "BADVERS"
-    return RCODE.get(rcode, str(rcode))

@@ -18,13 +18,16 @@ from tests.conftest import EXAMPLE_ZONES
 class CountingStage:
     name = "counting"
 
-    def __init__(self, cache_seconds: float | None, claims: str = "dyn.example.org") -> None:
+    def __init__(self, cache_seconds: float | None, claimed: str = "dyn.example.org") -> None:
         self.calls = 0
         self.cache_seconds = cache_seconds
-        self.claims = claims
+        self.claimed = claimed
+
+    def claims(self, key: str) -> bool:
+        return key == self.claimed
 
     def resolve(self, query: Query) -> Answer | None:
-        if query.key != self.claims:
+        if query.key != self.claimed:
             return None
         self.calls += 1
         rr = RR(query.name, QTYPE.A, ttl=5, rdata=A(f"127.0.9.{self.calls}"))

@@ -119,6 +119,9 @@ class ArrowheadStage:
 
     # -- the stage interface
 
+    def claims(self, key: str) -> bool:
+        return self._target(key) is not None
+
     def resolve(self, query: Query) -> Answer | None | defer.Deferred:
         target = self._target(query.key)
         if target is None:

@@ -49,6 +49,9 @@ class OnDemandStage:
         ttl = self.fleet.config.answer_ttl
         self.entries = {name: _Entry(svc, ttl) for name, svc in self.fleet.services.items()}
 
+    def claims(self, key: str) -> bool:
+        return key in self.entries
+
     def resolve(self, query: Query) -> Answer | None | defer.Deferred:
         entry = self.entries.get(query.key)
         if entry is None:
