@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the DNS server")
+    serve.add_argument("--config", type=Path, metavar="FILE",
+                       help="TOML file of serve options (keys: the flag names without dashes); flags override it")
     serve.add_argument("--listen", type=host_port, default=("127.0.0.1", 5353), metavar="ADDR:PORT",
                        help="DNS address, UDP and TCP (default 127.0.0.1:5353; IPv6 as [::1]:5353)")
     serve.add_argument("--zones", type=Path, default=Path("zones"), metavar="DIR",
@@ -43,14 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how often the zone directory is checked for changes (default 1)")
     add_arrowhead_arguments(serve)
     add_serve_arguments(serve)
-    serve.set_defaults(run=run_serve)
+    serve.set_defaults(run=run_serve, options_parser=serve, config_schema=serve)
 
     check = commands.add_parser("check", help="validate zone files and exit")
     check.add_argument("--zones", type=Path, default=Path("zones"), metavar="DIR")
     add_check_arguments(check)
     check.set_defaults(run=run_check)
     add_admin_commands(commands)
-    add_doctor_command(commands)
+    doctor = add_doctor_command(commands)
+    doctor.add_argument("--config", type=Path, metavar="FILE",
+                        help="the serve configuration file: check what serve would run with")
+    doctor.set_defaults(options_parser=doctor, config_schema=serve)
 
     image = commands.add_parser("image", help="unikernel images")
     image_commands = image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
@@ -127,7 +132,17 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if getattr(args, "config", None) is not None:
+        from summoner.configfile import ConfigError, apply
+        try:
+            apply(args, args.options_parser, argv[argv.index(args.command) + 1:], schema=args.config_schema)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            print(f"summoner: not starting: {args.config} is invalid", file=sys.stderr)
+            return 2
     return args.run(args)
 
 

@@ -348,7 +348,7 @@ def run(plan: Plan) -> list[Finding]:
 
 # -- the command -----------------------------------------------------------------
 
-def add_doctor_command(commands: Any) -> None:
+def add_doctor_command(commands: Any) -> Any:
     from summoner.vm.config import add_cli_arguments
     doctor = commands.add_parser("doctor", help="check that this host can summon VMs (exit 1 on any fail)")
     doctor.add_argument("--zones", type=Path, default=Path("zones"), metavar="DIR",
@@ -356,6 +356,7 @@ def add_doctor_command(commands: Any) -> None:
     doctor.add_argument("--json", action="store_true", help="print the findings as a JSON array")
     add_cli_arguments(doctor)  # the same on-demand flags as serve: check what serve would use
     doctor.set_defaults(run=run_doctor)
+    return doctor
 
 
 def run_doctor(args: Any) -> int:
