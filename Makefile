@@ -30,4 +30,4 @@ lint:
 	$(VENV)/bin/ruff check summoner tests bench
 
 bench: install
-	./bench/dns_throughput.sh
+	$(PY) bench/dns_throughput.py
