@@ -263,3 +263,49 @@ def test_several_providers_without_matchmaking(start_server, arrowhead_double):
     for qtype in ("AAAA", "CNAME"):
         reply = server.query("valve.ah.test", qtype)
         assert reply.rcode() == dns.rcode.NOERROR and not reply.answer, qtype
+
+
+def test_pipelined_tcp_answers_come_back_as_they_complete(served):
+    """RFC 7766 6.2.1.1: a slow answer (an orchestration) does not hold back
+    the fast ones queued behind it on the same connection."""
+    import socket
+    import struct
+
+    import dns.message
+    import dns.query
+    server, double = served
+    double.register_provider("temperature", "10.1.2.3", 8080)
+    double.control("knobs", {"delay": {"orchestration": 0.3}})
+    names = ["temperature.ah.test", "www.example.org", "mail.example.org", "www.example.net"]
+    queries = [dns.message.make_query(name, "A", id=2000 + i) for i, name in enumerate(names)]
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(b"".join(struct.pack("!H", len(w)) + w for w in (q.to_wire() for q in queries)))
+        order = []
+        for _ in names:
+            reply, _ = dns.query.receive_tcp(sock, time.monotonic() + 5)
+            order.append(reply)
+    assert [r.id for r in order][-1] == 2000, [r.id for r in order]  # the slow one last
+    assert sorted(r.id for r in order) == [2000, 2001, 2002, 2003]
+    by_id = {r.id: r for r in order}
+    assert [rr.address for rr in rrs(by_id[2000], "A")] == ["10.1.2.3"]
+    assert [rr.address for rr in rrs(by_id[2001], "A")] == ["127.0.0.2"]
+    assert by_id[2003].rcode() == dns.rcode.REFUSED  # in no zone, no Arrowhead domain
+
+
+def test_a_failed_probe_after_the_cooldown_opens_the_circuit_again(served):
+    server, double = served
+    double.stop()
+    for name in ("b1.ah.test", "b2.ah.test"):  # two failures open the circuit
+        assert server.query(name, "A").rcode() == dns.rcode.SERVFAIL
+    opened = server.metric("summoner_arrowhead_lookups_total", result="circuit_open")
+    time.sleep(COOLDOWN + 0.1)
+    # The cool-down is over: one probe goes to the (still dead) Orchestrator...
+    assert server.query("b3.ah.test", "A").rcode() == dns.rcode.SERVFAIL
+    assert server.metric("summoner_arrowhead_lookups_total", result="circuit_open") == opened
+    # ...fails, and the circuit is open again for another cool-down: no waiting, nothing sent.
+    for name in ("b4.ah.test", "b5.ah.test", "b6.ah.test"):
+        started = time.monotonic()
+        assert server.query(name, "A").rcode() == dns.rcode.SERVFAIL
+        assert time.monotonic() - started < 0.1
+    assert server.metric("summoner_arrowhead_lookups_total", result="circuit_open") == opened + 3
+    double.start()

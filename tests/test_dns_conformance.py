@@ -284,3 +284,40 @@ def test_ipv6_listener(start_server) -> None:
     server = start_server(host="::1")
     assert values(server.query("www.example.org", "A"), "A") == ["127.0.0.2"]
     assert values(server.query("www.example.org", "A", tcp=True), "A") == ["127.0.0.2"]
+
+
+def test_more_than_one_opt_record_is_formerr(example_server) -> None:
+    query = bytearray(dns.message.make_query("www.example.org", "A", id=77).to_wire())
+    opt = b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 0)
+    query[10:12] = b"\x00\x02"
+    reply = _raw_udp(example_server, bytes(query) + opt + opt)
+    assert reply[:2] == b"\x00\x4d" and _rcode_of(reply) == dns.rcode.FORMERR
+
+
+@pytest.mark.parametrize("rdclass", ["CH", "HS"])
+def test_a_class_other_than_in_is_refused(example_server, rdclass: str) -> None:
+    query = dns.message.make_query("www.example.org", "A", rdclass=rdclass)
+    reply = dns.query.udp(query, example_server.host, port=example_server.port, timeout=5)
+    assert reply.rcode() == dns.rcode.REFUSED and not reply.answer and not reply.flags & dns.flags.AA
+
+
+@pytest.mark.parametrize("rdtype", ["IXFR", "MAILA", "MAILB"])
+def test_transfer_and_mailbox_meta_types_are_not_implemented(example_server, rdtype: str) -> None:
+    assert example_server.query("example.org", rdtype).rcode() == dns.rcode.NOTIMP
+    assert example_server.query("example.org", rdtype, tcp=True).rcode() == dns.rcode.NOTIMP
+
+
+def test_the_do_bit_is_echoed(example_server) -> None:
+    for name in ("www.example.org", "absent.example.org", "anything.wild.test"):  # exact, NXDOMAIN, wildcard
+        reply = example_server.query(name, "A", use_edns=0, want_dnssec=True)
+        assert reply.edns == 0 and reply.ednsflags & dns.flags.DO, name
+        assert not example_server.query(name, "A", use_edns=0).ednsflags & dns.flags.DO, name
+
+
+@pytest.mark.parametrize("tcp", TRANSPORTS)
+def test_ds_at_a_delegation_is_answered_by_the_parent(example_server, tcp: bool) -> None:
+    reply = example_server.query("sub.wild.test", "DS", tcp=tcp)
+    assert reply.rcode() == dns.rcode.NOERROR and reply.flags & dns.flags.AA and not reply.answer
+    assert [rrset.rdtype for rrset in reply.authority] == [dns.rdatatype.SOA]  # NODATA, RFC 4035 3.1.4.1
+    referral = example_server.query("sub.wild.test", "A", tcp=tcp)
+    assert not referral.flags & dns.flags.AA and referral.authority[0].rdtype == dns.rdatatype.NS
