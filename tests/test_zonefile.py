@@ -62,7 +62,12 @@ def test_rejected_zones_are_rejected_by_both(path: Path) -> None:
     ("bad-address", 5, "invalid address"),
     ("unbalanced", 5, "unbalanced"),
     ("out-of-zone", 5, "outside the zone"),
-    ("no-soa", 1, "TTL"),
+    # $TTL given: the missing SOA itself is what is reported
+    ("no-soa", 1, "zone no-soa has no SOA record at its apex"),
+    ("no-apex-ns", 2, "zone no-apex-ns has no NS records at its apex"),
+    ("ns-without-address", 3, "NS ns2.ns-without-address. is inside the zone but has no address records"),
+    ("two-cnames", 5, "www.two-cnames. has more than one CNAME record"),
+    ("unterminated", 5, "unterminated quoted string"),
 ])
 def test_errors_name_the_line_and_the_reason(stem: str, line: int, words: str) -> None:
     path = ROOT / "tests" / "zones" / "bad" / f"{stem}.zone"
@@ -134,3 +139,19 @@ def test_soa_serial_is_a_32_bit_number_not_a_ttl() -> None:
     for bad in ("1h", "4294967296"):
         with pytest.raises(ZoneError, match="SOA serial"):
             parse_zone_text(f"@ 60 IN SOA ns hm {bad} {rest}", "t", Path("t.zone"))
+
+
+def test_the_rfc_3597_generic_form_is_accepted_and_served(start_server, tmp_path: Path) -> None:
+    import dns.rdatatype
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    (zones / "generic.test.zone").write_text(
+        "$TTL 300\n@ IN SOA ns1 hostmaster ( 1 3600 600 604800 60 )\n  IN NS ns1\nns1 IN A 127.0.0.1\n"
+        "opaque IN TYPE65534 \\# 2 abcd\n")
+    zone = parse_zone_file(zones / "generic.test.zone")
+    assert [rr.rtype for rr in zone.records["opaque.generic.test"]] == [65534]
+    server = start_server(zones, "--no-on-demand", copy_zones=False)
+    reply = server.query("opaque.generic.test", "TYPE65534")
+    [rrset] = reply.answer
+    assert rrset.rdtype == 65534 and rrset[0].to_wire() == bytes.fromhex("abcd")
+    assert dns.rdatatype.to_text(rrset.rdtype) == "TYPE65534"
