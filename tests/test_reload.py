@@ -40,10 +40,14 @@ def replace_file(path: Path, text: str) -> None:
 
 
 class QueryLoad:
-    """Background queries during a reload: none may fail or time out."""
+    """Background queries during a reload: every answer is checked by
+    ``check`` (None: fine, else what is wrong), and every exception, not only
+    timeouts, is recorded: none may happen."""
 
-    def __init__(self, server, name: str) -> None:
-        self.server, self.name = server, name
+    def __init__(self, server, names: list[str], check=None) -> None:
+        self.server, self.names = server, names
+        self.check = check or (lambda reply: None if reply.rcode() == dns.rcode.NOERROR
+                               else dns.rcode.to_text(reply.rcode()))
         self.errors: list[str] = []
         self.count = 0
         self._stop = threading.Event()
@@ -51,12 +55,13 @@ class QueryLoad:
 
     def _run(self) -> None:
         while not self._stop.is_set() and self.count < 20_000:
+            name = self.names[self.count % len(self.names)]
             try:
-                reply = self.server.query(self.name, "A", timeout=2)
-                if reply.rcode() != dns.rcode.NOERROR:
-                    self.errors.append(dns.rcode.to_text(reply.rcode()))
-            except dns.exception.Timeout:
-                self.errors.append("timeout")
+                problem = self.check(self.server.query(name, "A", timeout=2))
+            except Exception as exc:  # any failure is the finding, not only timeouts
+                problem = f"{type(exc).__name__}: {exc}"
+            if problem:
+                self.errors.append(f"{name}: {problem}")
             self.count += 1
 
     def __enter__(self) -> QueryLoad:
@@ -66,13 +71,14 @@ class QueryLoad:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(10)
+        assert not self._thread.is_alive(), "the query thread did not stop"
 
 
 def test_edit_takes_effect_within_two_seconds_without_dropping_queries(start_server) -> None:
     server = start_server()
     zone = server.zones / "example.org.zone"
     text = zone.read_text()
-    with QueryLoad(server, "www.example.org") as load:
+    with QueryLoad(server, ["www.example.org"]) as load:
         replace_file(zone, text.replace("www     IN A    127.0.0.2", "www     IN A    127.0.0.22")
                      + "fresh   IN A    127.0.0.99\n")
         elapsed = wait_for(lambda: address(server, "fresh.example.org") == "127.0.0.99")
@@ -135,3 +141,46 @@ def test_json_log_format(start_server, fmt: str) -> None:
     errors = [r for r in records if r["level"] == "error"]
     assert errors and "invalid address" in errors[0]["message"]
     assert {"time", "level", "logger", "message"} <= set(errors[0])
+
+
+VERSION = """multi   IN A {v}.1
+multi   IN A {v}.2
+multi   IN A {v}.3
+alias   IN CNAME target{n}
+target{n} IN A {v}.9
+"""
+
+
+def test_queries_during_reloads_see_the_old_or_the_new_zone_never_a_mix(start_server) -> None:
+    """Several records change together (an RRset, a CNAME and its target):
+    each answer must be wholly one version."""
+    server = start_server()
+    zone = server.zones / "example.org.zone"
+    base = zone.read_text()
+    versions = {n: VERSION.format(v=f"127.0.{n}", n=n) for n in (1, 2)}
+    replace_file(zone, base + versions[1])
+    wait_for(lambda: address(server, "target1.example.org") == "127.0.1.9")
+    seen: dict[str, set[int]] = {"multi": set(), "alias": set()}
+
+    def coherent(reply) -> str | None:
+        if reply.rcode() != dns.rcode.NOERROR:
+            return dns.rcode.to_text(reply.rcode())
+        texts = sorted(f"{rrset.name} {rd}" for rrset in reply.answer for rd in rrset)
+        for n in (1, 2):
+            if reply.question[0].name.to_text().startswith("multi"):
+                if texts == [f"multi.example.org. 127.0.{n}.{i}" for i in (1, 2, 3)]:
+                    seen["multi"].add(n)
+                    return None
+            elif texts == [f"alias.example.org. target{n}.example.org.", f"target{n}.example.org. 127.0.{n}.9"]:
+                seen["alias"].add(n)
+                return None
+        return f"a mix or a stranger: {texts}"
+
+    with QueryLoad(server, ["multi.example.org", "alias.example.org"], coherent) as load:
+        for flips in range(6):  # back and forth, each reload with queries in flight
+            n = 2 if flips % 2 == 0 else 1
+            replace_file(zone, base + versions[n])
+            wait_for(lambda n=n: address(server, f"target{n}.example.org") == f"127.0.{n}.9")
+            time.sleep(0.1)
+    assert load.errors == [], load.errors[:5]
+    assert load.count > 50 and seen == {"multi": {1, 2}, "alias": {1, 2}}, (load.count, seen)
