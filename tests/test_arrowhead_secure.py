@@ -81,9 +81,7 @@ class SecureModeTest(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_legacy_pkcs12_keystore_and_truststore_as_arrowhead_ships_them(self):
-        keystore = self.pki / "summoner-legacy.p12"
-        if not keystore.exists():
-            raise unittest.SkipTest("no openssl tool to write an RC2-40 keystore")
+        keystore = self.pki / "summoner-legacy.p12"  # written by openssl: the PKI fails without it
         _, answer = yield self.resolve_with(
             *secure_args(self.double, self.pki), "--arrowhead-pkcs12", str(keystore),
             "--arrowhead-pkcs12-password", "123456", "--arrowhead-truststore", str(self.pki / "truststore.p12"))
@@ -96,6 +94,49 @@ class SecureModeTest(unittest.TestCase):
         args[1] = args[3] = f"https://localhost:{self.double.https_port}"
         _, answer = yield self.resolve_with(*args, *pem_args(self.pki))
         assert answer.rcode == RCODE.NOERROR
+
+    @defer.inlineCallbacks
+    def test_a_certificate_for_another_host_is_refused_unless_the_check_is_off(self):
+        misnamed = self.misnamed_double()
+        args = [*secure_args(misnamed, self.misnamed_pki), "--arrowhead-cert", str(self.misnamed_pki / "summoner.pem"),
+                "--arrowhead-key", str(self.misnamed_pki / "summoner.key"),
+                "--arrowhead-truststore", str(self.misnamed_pki / "truststore.pem")]
+        _, answer = yield self.resolve_with(*args)
+        assert answer.rcode == RCODE.SERVFAIL
+        text = "\n".join(self.lines)
+        assert "is not valid for 127.0.0.1 (no matching subjectAltName)" in text, text
+        assert "use --arrowhead-no-hostname-check" in text
+        assert misnamed.counters().get("orchestration", 0) == 0
+        # With the check off the same server is reached...
+        _, answer = yield self.resolve_with(*args, "--arrowhead-no-hostname-check")
+        assert answer.rcode == RCODE.NOERROR
+        assert [str(rr.rdata) for rr in answer.answer if rr.rtype == QTYPE.A] == ["10.1.2.3"]
+
+    @defer.inlineCallbacks
+    def test_no_hostname_check_still_checks_the_chain_of_trust(self):
+        args = secure_args(self.double, self.pki, "--arrowhead-cert", str(self.pki / "summoner.pem"),
+                           "--arrowhead-key", str(self.pki / "summoner.key"),
+                           "--arrowhead-truststore", str(self.foreign / "truststore.pem"),
+                           "--arrowhead-no-hostname-check")
+        _, answer = yield self.resolve_with(*args)
+        assert answer.rcode == RCODE.SERVFAIL
+        assert "not signed by a CA in the truststore" in "\n".join(self.lines)
+        assert self.double.counters().get("orchestration", 0) == 0
+
+    def misnamed_double(self) -> DoubleProcess:
+        """A double whose certificates name only orchestrator.invalid, not the 127.0.0.1 we dial."""
+        import shutil
+        import tempfile
+
+        from tests.arrowhead_double import pki
+        from tests.arrowhead_double.fixtures import SYSTEMS
+        directory = Path(tempfile.mkdtemp(prefix="misnamed-pki-"))
+        self.addCleanup(shutil.rmtree, directory, True)
+        self.misnamed_pki = pki.generate(directory, SYSTEMS, names=("orchestrator.invalid",))
+        double = DoubleProcess(self.misnamed_pki).start()
+        self.addCleanup(double.stop)
+        double.register_provider("temperature", "10.1.2.3", 8080)
+        return double
 
     @defer.inlineCallbacks
     def test_untrusted_server_is_refused_with_a_clear_log_line(self):

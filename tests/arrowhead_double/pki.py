@@ -66,13 +66,22 @@ def _cert(subject_cn: str, subject_key, issuer_cn: str, issuer_key, *, ca: bool,
     return builder.sign(issuer_key, hashes.SHA256())
 
 
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def generate(directory: Path | str, systems: list[str], cloud: str = "testcloud",
-             operator: str = "aitia", master: str = "arrowhead.eu") -> Path:
-    """Write a master, a cloud and one certificate per system into ``directory``."""
+             operator: str = "aitia", master: str = "arrowhead.eu",
+             names: tuple[str, ...] = ("localhost", "127.0.0.1")) -> Path:
+    """Write a master, a cloud and one certificate per system into ``directory``;
+    every certificate names ``names`` (DNS names or IP addresses) as SANs."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     cloud_cn = f"{cloud}.{operator}.{master}"
@@ -86,9 +95,8 @@ def generate(directory: Path | str, systems: list[str], cloud: str = "testcloud"
     (out / "truststore.p12").write_bytes(pkcs12.serialize_java_truststore(
         [pkcs12.PKCS12Certificate(cloud_cert, cloud_cn.encode())],
         serialization.BestAvailableEncryption(PASSWORD)))
-    # The bundled Arrowhead certificates carry exactly these SANs.
-    sans: list[x509.GeneralName] = [x509.DNSName("localhost"),
-                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    # The default names are exactly those of the bundled Arrowhead certificates.
+    sans = [_san(name) for name in names]
     for system in systems:
         key = _key()
         cert = _cert(f"{system}.{cloud_cn}", key, cloud_cn, cloud_key, ca=False, sans=sans)
@@ -103,15 +111,15 @@ def generate(directory: Path | str, systems: list[str], cloud: str = "testcloud"
 
 def _legacy_p12(out: Path, system: str) -> None:
     # cryptography cannot *write* RC2-40 PKCS#12; the openssl tool can, and that
-    # is the format Arrowhead ships, so produce it when the tool is there.
+    # is the format Arrowhead ships (scripts/install.sh installs openssl).
     tool = shutil.which("openssl")
     if tool is None:
-        return
+        raise RuntimeError("openssl is missing: run scripts/install.sh (the legacy keystore needs it)")
     subprocess.run(
         [tool, "pkcs12", "-export", "-legacy", "-in", str(out / f"{system}.pem"),
          "-inkey", str(out / f"{system}.key"), "-name", system,
          "-out", str(out / f"{system}-legacy.p12"), "-passout", "pass:" + PASSWORD.decode()],
-        check=False, capture_output=True)
+        check=True, capture_output=True)
 
 
 def main() -> None:
