@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from dnslib import QTYPE, RCODE
+from prometheus_client import REGISTRY
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
@@ -218,9 +219,19 @@ class FleetTest(unittest.TestCase):
         hosts = [host(f"m{i}", f"127.0.0.{70 + i}", "big") for i in range(2)]
         od = self.make(hosts, images, memory_budget_mib=512, evict_min_idle=60.0)
         yield od.start()
-        yield od.stage.resolve(Query.of("m0.example.org", "A"))
+        first = yield od.stage.resolve(Query.of("m0.example.org", "A"))
+        self.assertEqual(first.rcode, RCODE.NOERROR)  # 300 of 512 MiB: fits
+        self.assertEqual(self.svc("m0.example.org").state, State.READY)
+        refusals = REGISTRY.get_sample_value("summoner_vm_capacity_refusals_total") or 0.0
         answer = yield od.stage.resolve(Query.of("m1.example.org", "A"))
-        self.assertEqual(answer.rcode, RCODE.SERVFAIL)
+        self.assertEqual(answer.rcode, RCODE.SERVFAIL)  # 600 > 512, and m0 is not idle long enough to evict
+        self.assertEqual(REGISTRY.get_sample_value("summoner_vm_capacity_refusals_total"), refusals + 1)
+        self.assertEqual(REGISTRY.get_sample_value("summoner_vm_boots_total",
+                                                   {"service": "m1.example.org", "result": "capacity"}), 1.0)
+        m1 = self.svc("m1.example.org")
+        self.assertEqual(m1.state, State.STOPPED)
+        self.assertEqual(m1.last_error, "no capacity: 16 VMs / 512 MiB in use and none idle for 60s")
+        self.assertEqual(self.backend.creates, 1)  # no domain was started for m1
 
     @defer.inlineCallbacks
     def test_concurrent_boot_limit(self):
