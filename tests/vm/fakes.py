@@ -3,10 +3,23 @@
 ``FakeBackend`` speaks the ``LibvirtBackend`` interface; a "VM" is an HTTP
 listener on the service's loopback address that appears ``boot_delay`` after
 ``create``, so the real probe, state machine, stage and reaper run unchanged.
+
+Where real libvirt and QEMU behave in ways summoner must cope with, the fake
+does the same:
+
+- lifecycle events for create (started; suspended too when created paused),
+  suspend (suspended), resume (resumed) and destroy (stopped), delivered on
+  their own, possibly before the call's own result (libvirt's event thread
+  races the RPC reply);
+- a suspended VM keeps its port forward: connections are accepted and then
+  hang without a status line until the guest resumes;
+- the configuration hash follows the manifest's values;
+- while ``connected`` is False every call fails with NotConnectedError.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +31,7 @@ from twisted.web import resource, server
 
 from summoner.vm.domxml import parse_metadata
 from summoner.vm.hosts import OnDemandHost
-from summoner.vm.libvirt_backend import BackendError, DomainInfo
+from summoner.vm.libvirt_backend import BackendError, DomainInfo, NotConnectedError
 
 SOA_RR = RR("example.org", QTYPE.SOA, rdata=SOA("ns1.example.org", "h.example.org", (1, 3600, 600, 86400, 60)),
             ttl=300)
@@ -30,18 +43,35 @@ class _Hello(resource.Resource):
     def __init__(self, status: int) -> None:
         super().__init__()
         self.status = status
+        self.paused = False
+        self.held: list[Any] = []
 
-    def render_GET(self, request: Any) -> bytes:  # noqa: N802
+    def render_GET(self, request: Any) -> bytes | int:  # noqa: N802
+        if self.paused:  # a paused guest: QEMU accepted the connection, nobody answers
+            self.held.append(request)
+            return server.NOT_DONE_YET
         request.setResponseCode(self.status)
         return b"hello\n"
+
+    def resume(self) -> None:
+        self.paused = False
+        held, self.held = self.held, []
+        for request in held:
+            if not request.finished and not getattr(request, "_disconnected", False):
+                request.setResponseCode(self.status)
+                request.write(b"hello\n")
+                request.finish()
 
 
 def manifest(name: str, *, boot_timeout: float = 2.0, idle: float = 300, stop_mode: str = "destroy",
              memory: int = 64, interval_ms: int = 10, directory: Path | None = None,
              kernel: str = "fakes.py") -> SimpleNamespace:
     directory = directory or Path(__file__).parent
+    # Like ImageManifest.config_hash: a different manifest is a different VM.
+    identity = repr((name, boot_timeout, idle, stop_mode, memory, interval_ms, str(directory), kernel))
+    digest = hashlib.sha256(identity.encode()).hexdigest()
     return SimpleNamespace(
-        name=name, directory=directory, config_hash=lambda: f"{name}-v1",
+        name=name, directory=directory, config_hash=lambda: digest,
         boot=SimpleNamespace(kind="kernel", kernel=kernel, initrd=None, cmdline="console=ttyS0"),
         resources=SimpleNamespace(memory_mib=memory, vcpus=1), service=SimpleNamespace(port=18080),
         probe=SimpleNamespace(path="/", expect_status=200, interval_ms=interval_ms, boot_timeout_s=boot_timeout,
@@ -102,8 +132,17 @@ class FakeBackend:
     def kvm_usable(self) -> defer.Deferred:
         return defer.succeed((False, "fake"))
 
+    def _check_connected(self) -> None:
+        if not self.connected:
+            raise NotConnectedError("not connected to libvirt at fake:///")
+
+    def _event(self, name: str, event: str, detail: str, uuid: str) -> None:
+        reactor.callLater(0, self.on_event, name, event, detail, uuid)
+
     # operations
     def create(self, xml: str, autodestroy: bool = False, paused: bool = False) -> defer.Deferred:
+        if not self.connected:
+            return defer.fail(NotConnectedError("not connected to libvirt at fake:///"))
         meta = parse_metadata(xml)
         assert meta is not None
         name = xml.split("<name>", 1)[1].split("</name>", 1)[0]
@@ -116,6 +155,10 @@ class FakeBackend:
         self.domains[name] = dom
         if meta.service not in self.silent and not paused:
             dom["timer"] = reactor.callLater(self.boot_delay, self._listen, name)
+        # The events come before the call's own reply here: the harder order.
+        self._event(name, "started", "booted", uuid)
+        if paused:
+            self._event(name, "suspended", "paused", uuid)
         return task.deferLater(reactor, 0.001, lambda: uuid)
 
     def _listen(self, name: str) -> None:
@@ -123,7 +166,8 @@ class FakeBackend:
         if dom is None or dom["port"] is not None:
             return
         meta = dom["meta"]
-        site = server.Site(_Hello(self.status.get(meta.service, 200)))
+        dom["guest"] = _Hello(self.status.get(meta.service, 200))
+        site = server.Site(dom["guest"])
         site.noisy = False
         dom["port"] = reactor.listenTCP(meta.port, site, interface=meta.address)
 
@@ -139,6 +183,8 @@ class FakeBackend:
             dom["port"] = None
 
     def destroy(self, name: str, uuid: str | None = None) -> defer.Deferred:
+        if not self.connected:
+            return defer.fail(NotConnectedError("not connected to libvirt at fake:///"))
         if name not in self.domains or (uuid and self.domains[name]["uuid"] != uuid):
             return defer.succeed(False)
         self.destroys += 1
@@ -154,23 +200,34 @@ class FakeBackend:
         self.on_event(name, "stopped", "destroyed", dom["uuid"])
 
     def shutdown(self, name: str) -> defer.Deferred:
-        return defer.succeed(name in self.domains)  # a guest that ignores ACPI
+        return defer.maybeDeferred(lambda: self._check_connected() or name in self.domains)  # ACPI ignored
 
     def suspend(self, name: str) -> defer.Deferred:
-        dom = self.domains[name]
+        if not self.connected:
+            return defer.fail(NotConnectedError("not connected to libvirt at fake:///"))
+        dom = self.domains.get(name)
+        if dom is None:
+            return defer.fail(BackendError("Domain not found"))
         dom["state"] = "paused"
-        self._unlisten(name)
+        if dom.get("guest") is not None:
+            dom["guest"].paused = True  # the port forward stays open; nobody answers
+        self._event(name, "suspended", "paused", dom["uuid"])
         return defer.succeed(None)
 
     def resume(self, name: str) -> defer.Deferred:
+        if not self.connected:
+            return defer.fail(NotConnectedError("not connected to libvirt at fake:///"))
         dom = self.domains.get(name)
         if dom is None:
             return defer.fail(BackendError("Domain not found"))
         dom["state"] = "running"
+        self._event(name, "resumed", "unpaused", dom["uuid"])
         if not dom["ran"]:  # a standby domain: the guest boots now
             dom["ran"] = True
             if dom["meta"].service not in self.silent:
                 dom["timer"] = reactor.callLater(self.boot_delay, self._listen, name)
+        elif dom.get("guest") is not None:
+            dom["guest"].resume()
         else:
             self._listen(name)
         return defer.succeed(None)
@@ -182,13 +239,16 @@ class FakeBackend:
         return defer.succeed(None)
 
     def state(self, name: str) -> defer.Deferred:
-        return defer.succeed(self.domains[name]["state"] if name in self.domains else "gone")
+        return defer.maybeDeferred(lambda: self._check_connected() or (
+            self.domains[name]["state"] if name in self.domains else "gone"))
 
     def list_ours(self) -> defer.Deferred:
-        return defer.succeed([DomainInfo(n, d["state"], d["meta"], d["uuid"]) for n, d in self.domains.items()])
+        return defer.maybeDeferred(lambda: self._check_connected() or [
+            DomainInfo(n, d["state"], d["meta"], d["uuid"]) for n, d in self.domains.items()])
 
     def traffic(self, names: dict[str, str]) -> defer.Deferred:
-        return defer.succeed({n: self.traffic_tokens.get(n, ()) for n in names if n in self.domains})
+        return defer.maybeDeferred(lambda: self._check_connected() or {
+            n: self.traffic_tokens.get(n, ()) for n in names if n in self.domains})
 
     def logs(self, domain: str, lines: int = 15) -> defer.Deferred:
         return defer.succeed(("fake qemu log line", "fake console line"))
