@@ -6,7 +6,9 @@ one query at a time over UDP:
   * cached    -- a remote name already in the Arrowhead stage's cache;
   * uncached  -- a remote name never asked before (one orchestration each);
   * double    -- the double's own orchestration response time, asked directly
-                 over a keep-alive HTTP connection with the same request body.
+                 by summoner's own Arrowhead client (Twisted Agent, keep-alive
+                 pool) with the very request body the stage builds for that
+                 name: the reference costs what summoner's call costs.
 Prints p50/p99 per kind and the overhead summoner adds to an uncached lookup
 (uncached p50 - double p50).  Targets: cached as fast as static, overhead
 <= 5 ms p50.
@@ -27,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import requests
 from dnslib import DNSRecord
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +52,41 @@ def ask(sock: socket.socket, address: tuple[str, int], name: str) -> float:
     if reply.header.rcode != 0 or not reply.rr:
         raise RuntimeError(f"{name}: unexpected answer\n{reply}")
     return elapsed
+
+
+def direct_latencies(double: DoubleProcess, n: int) -> list[float]:
+    """The double asked directly, as summoner's stage asks it (same client, same body)."""
+    import argparse as _argparse
+
+    from twisted.internet import defer, reactor
+
+    from summoner.arrowhead import add_cli_arguments, build, config_from_args
+    parser = _argparse.ArgumentParser()
+    add_cli_arguments(parser)
+    config = config_from_args(parser.parse_args(["--arrowhead-orchestrator", double.http,
+                                                 "--arrowhead-domain", "ah.test", "--arrowhead-ttl", "300"]))
+    arrowhead = build(config, lambda key: None, reactor)
+    samples: list[float] = []
+
+    @defer.inlineCallbacks
+    def run():
+        try:
+            for index in range(-20, n):  # the first 20 warm the connection pool up
+                target = arrowhead.stage._target(f"svc{max(index, 0)}.ah.test")
+                form = arrowhead.stage._form(target)
+                started = time.perf_counter()
+                providers = yield arrowhead.client.orchestrate(form, 5.0)
+                if index >= 0:
+                    samples.append(time.perf_counter() - started)
+                    if not providers:
+                        raise RuntimeError(f"svc{index}: the double found no provider")
+        finally:
+            reactor.stop()
+    reactor.callWhenRunning(run)
+    reactor.run()
+    if len(samples) != n:
+        raise RuntimeError("direct orchestration calls failed (see above)")
+    return samples
 
 
 def main() -> None:
@@ -90,15 +126,7 @@ def main() -> None:
         static = [ask(sock, address, "www.example.org") for _ in range(args.n)]
         cached = [ask(sock, address, "hot.ah.test") for _ in range(args.n)]
         uncached = [ask(sock, address, f"svc{index}.ah.test") for index in range(args.n)]
-        session = requests.Session()
-        direct = []
-        for index in range(args.n):
-            form = {"requesterSystem": {"systemName": "summoner", "address": "127.0.0.1", "port": 53},
-                    "requestedService": {"serviceDefinitionRequirement": f"svc{index}"},
-                    "orchestrationFlags": {"overrideStore": True, "matchmaking": True}}
-            started = time.perf_counter()
-            session.post(f"{double.http}/orchestrator/orchestration", json=form, timeout=5).raise_for_status()
-            direct.append(time.perf_counter() - started)
+        direct = direct_latencies(double, args.n)
         print(f"{'kind':<10} {'p50 ms':>8} {'p99 ms':>8}   (n={args.n} each, sequential, loopback UDP)")
         for kind, samples in (("static", static), ("cached", cached), ("uncached", uncached), ("double", direct)):
             print(f"{kind:<10} {percentile(samples, 0.5) * 1000:8.3f} {percentile(samples, 0.99) * 1000:8.3f}")
