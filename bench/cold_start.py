@@ -12,8 +12,13 @@ In one run, on the same image (default ``hello``) and accelerator (TCG unless
       the A answer arrives (the answer goes out when the probe succeeds);
   (c) warm query latency p50/p99 (service running, answer from cache);
   (d) resume-from-suspend query-to-answer;
+  (e) where (b) went, from summoner's own boot-phase metric
+      (summoner_vm_boot_phase_seconds): libvirt's domain start, the guest's
+      start to its first good probe, and what is left, summoner's share;
+  (f) with --standby, the resident memory of the paused standby QEMU;
 
-and prints the overhead (b) - (a).  Needs libvirtd (scripts/start-libvirt.sh)
+and prints the overhead (b) - (a).  Every reply's rcode and address is
+checked; a wrong one fails the run rather than counting as latency.  Needs libvirtd (scripts/start-libvirt.sh)
 and built images (make images).  Bounded: --rounds boots of each kind.
 
     .venv/bin/python bench/cold_start.py [--rounds 5] [--image hello]
@@ -70,6 +75,37 @@ def dns_query(name: str, port: int, timeout: float = 30.0) -> tuple[float, bytes
 
 def rcode(reply: bytes) -> int:
     return reply[3] & 0x0F
+
+
+def answers_address(reply: bytes) -> bool:
+    """NOERROR with our A record (its 4 address bytes end the packet)."""
+    return rcode(reply) == 0 and struct.unpack(">H", reply[6:8])[0] >= 1 and reply[-4:] == socket.inet_aton(ADDRESS)
+
+
+def phase_means(metrics_port: int) -> dict[str, float]:
+    """Mean seconds per boot phase so far, from summoner's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        for kind, into in (("_sum", sums), ("_count", counts)):
+            prefix = f"summoner_vm_boot_phase_seconds{kind}{{phase=\""
+            if line.startswith(prefix):
+                phase = line[len(prefix):].split('"', 1)[0]
+                into[phase] = float(line.rsplit(" ", 1)[1])
+    return {phase: sums[phase] / counts[phase] for phase in sums if counts.get(phase)}
+
+
+def standby_rss_mib(domain: str) -> float | None:
+    """VmRSS of the QEMU process running ``domain`` (libvirt names it guest=...)."""
+    found = subprocess.run(["pgrep", "-f", f"guest={domain},"], capture_output=True, text=True).stdout.split()
+    if not found:
+        return None
+    for line in Path(f"/proc/{found[0]}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return None
 
 
 def admin(port: int, path: str, method: str = "GET"):
@@ -147,17 +183,27 @@ def main() -> int:
             wait_state(admin_port, name, "stopped", standby=args.standby)
             time.sleep(0.3)  # let the previous QEMU exit fully (it competes for CPU)
             elapsed, reply = dns_query(name, dns_port)
-            assert rcode(reply) == 0, f"cold query failed (rcode {rcode(reply)}), see {work}/summoner.log"
+            assert answers_address(reply), f"cold query failed (rcode {rcode(reply)}), see {work}/summoner.log"
             cold.append(elapsed)
             admin(admin_port, f"/services/{name}/stop?mode=destroy", "POST")
+        phases = phase_means(metrics_port)
+        if args.standby:
+            wait_state(admin_port, name, "stopped", standby=True)
+            rss = standby_rss_mib(f"summoner-{name}")
         elapsed, reply = dns_query(name, dns_port)  # boot once more for warm and resume
+        bad = 0
         for _ in range(args.warm_queries):
-            warm.append(dns_query(name, dns_port)[0])
+            elapsed, reply = dns_query(name, dns_port)
+            if answers_address(reply):
+                warm.append(elapsed)
+            else:
+                bad += 1
+        assert not bad, f"{bad} of {args.warm_queries} warm replies were not the service's address"
         for _ in range(args.rounds):
             admin(admin_port, f"/services/{name}/stop?mode=suspend", "POST")
             wait_state(admin_port, name, "suspended")
             elapsed, reply = dns_query(name, dns_port)
-            assert rcode(reply) == 0
+            assert answers_address(reply), f"resume query failed (rcode {rcode(reply)})"
             resume.append(elapsed)
         admin(admin_port, f"/services/{name}/stop?mode=destroy", "POST")
     finally:
@@ -177,6 +223,13 @@ def main() -> int:
           f"p99 {pct(warm, 0.99) * 1e6:.0f} us")
     print(f"(d) resume from suspend to answer     median {ms(statistics.median(resume))}  "
           f"max {ms(max(resume))}")
+    libvirt, guest = phases.get("libvirt", 0.0), phases.get("guest", 0.0)
+    print(f"(e) phases of (b), means: slot {ms(phases.get('slot', 0.0))}, libvirt domain start {ms(libvirt)}, "
+          f"guest start to first good probe {ms(guest)}; summoner's own share "
+          f"(mean of (b) - libvirt - guest) {ms(statistics.mean(cold) - libvirt - guest)}")
+    if args.standby:
+        print("(f) resident memory of one paused standby QEMU: "
+              + (f"{rss:.1f} MiB" if rss is not None else "not found"))
     print(f"overhead (b) - (a), medians: {(statistics.median(cold) - statistics.median(raw)) * 1000:.0f} ms")
     shutil.rmtree(work, ignore_errors=True)
     return 0
