@@ -7,6 +7,7 @@ The stages never see each other; this is the one place that knows them all.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from summoner import metrics
+from summoner.ratelimit import RateLimit, RateLimiter
 from summoner.resolution import Chain, Stage
 from summoner.server import TCP_IDLE_TIMEOUT, listen_dns, stop_listening
 from summoner.static import StaticStage
@@ -37,6 +39,7 @@ class ServeConfig:
     metrics: tuple[str, int] | None = ("127.0.0.1", 9153)
     tcp_idle_timeout: float = TCP_IDLE_TIMEOUT
     reload_interval: float = 1.0
+    rate_limit: RateLimit | None = None  # UDP response rate limiting; None: off
 
 
 class App:
@@ -90,7 +93,8 @@ class App:
 
     def listen(self) -> None:
         host, port = self.config.listen
-        self.ports = listen_dns(self.reactor, self.responder, host, port, self.config.tcp_idle_timeout)
+        limiter = RateLimiter(self.config.rate_limit, time.monotonic) if self.config.rate_limit else None
+        self.ports = listen_dns(self.reactor, self.responder, host, port, self.config.tcp_idle_timeout, limiter)
         log.info("answering DNS on {host} port {port} (UDP and TCP)", host=host,
                  port=self.ports[0].getHost().port)
         if self.config.metrics is not None:

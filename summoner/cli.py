@@ -43,6 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="close idle DNS TCP connections after this long (default 10)")
     serve.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
                        help="how often the zone directory is checked for changes (default 1)")
+    rrl = serve.add_argument_group("response rate limiting (UDP; TCP is never limited)")
+    rrl.add_argument("--rrl-rate", type=_non_negative, default=0.0, metavar="N",
+                     help="answers per second to one client network beyond which UDP answers are held back "
+                          "(default 0: off; 20 is a common setting for a public authoritative server)")
+    rrl.add_argument("--rrl-slip", type=int, default=2, metavar="N",
+                     help="every N-th held-back answer is sent truncated, so real clients retry over TCP; "
+                          "0 drops them all (default 2)")
+    rrl.add_argument("--rrl-ipv4-prefix", type=int, default=24, metavar="BITS",
+                     help="IPv4 prefix length of a client network (default 24)")
+    rrl.add_argument("--rrl-ipv6-prefix", type=int, default=56, metavar="BITS",
+                     help="IPv6 prefix length of a client network (default 56)")
     add_arrowhead_arguments(serve)
     add_serve_arguments(serve)
     serve.set_defaults(run=run_serve, options_parser=serve, config_schema=serve)
@@ -65,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--images", type=Path, default=Path("images"), metavar="DIR")
     build.set_defaults(run=run_image_build)
     return parser
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
 
 
 def run_image_build(args: argparse.Namespace) -> int:
@@ -100,11 +118,14 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from summoner.app import App, ServeConfig
     from summoner.logs import start_logging
+    from summoner.ratelimit import RateLimit
 
     config = ServeConfig(
         listen=args.listen, zones=args.zones,
         metrics=None if args.no_metrics else args.metrics,
         tcp_idle_timeout=args.tcp_idle_timeout, reload_interval=args.reload_interval,
+        rate_limit=RateLimit(args.rrl_rate, args.rrl_slip, args.rrl_ipv4_prefix, args.rrl_ipv6_prefix)
+        if args.rrl_rate > 0 else None,
     )
     try:
         arrowhead_config = config_from_args(args)

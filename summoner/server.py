@@ -10,7 +10,8 @@ from twisted.logger import Logger
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.protocols.policies import TimeoutMixin
 
-from summoner.wire import Responder
+from summoner.ratelimit import RateLimiter, Verdict
+from summoner.wire import Responder, truncated_reply
 
 log = Logger(namespace="summoner.server")
 
@@ -22,8 +23,9 @@ UDP_BUFFER_BYTES = 4 * 1024 * 1024  # answers in flight per connection before we
 class DNSDatagramProtocol(protocol.DatagramProtocol):
     noisy = False
 
-    def __init__(self, responder: Responder) -> None:
+    def __init__(self, responder: Responder, limiter: RateLimiter | None = None) -> None:
         self.responder = responder
+        self.limiter = limiter
         self._sendto = None
 
     def startProtocol(self) -> None:  # noqa: N802
@@ -40,6 +42,14 @@ class DNSDatagramProtocol(protocol.DatagramProtocol):
         self._sendto = handle.sendto
 
     def datagramReceived(self, data: bytes, addr) -> None:  # noqa: N802 (Twisted's name)
+        if self.limiter is not None:
+            verdict = self.limiter.check(addr[0])
+            if verdict is not Verdict.ANSWER:
+                # Decided before answering: under a flood the work saved is the point.
+                reply = truncated_reply(data) if verdict is Verdict.SLIP else None
+                if reply is not None:
+                    self._send(reply, addr)
+                return
         response = self.responder.respond(data, "udp")
         if response is None:
             return
@@ -115,9 +125,10 @@ class DNSStreamFactory(protocol.ServerFactory):
 
 
 def listen_dns(reactor: IReactorUDP | IReactorTCP, responder: Responder, host: str, port: int,
-               idle_timeout: float = TCP_IDLE_TIMEOUT) -> tuple:
-    """Listen on UDP and TCP on one address; returns both listening ports."""
-    udp = reactor.listenUDP(port, DNSDatagramProtocol(responder), interface=host, maxPacketSize=65535)
+               idle_timeout: float = TCP_IDLE_TIMEOUT, limiter: RateLimiter | None = None) -> tuple:
+    """Listen on UDP (rate-limited by ``limiter`` if given) and TCP (never
+    limited) on one address; returns both listening ports."""
+    udp = reactor.listenUDP(port, DNSDatagramProtocol(responder, limiter), interface=host, maxPacketSize=65535)
     tcp = reactor.listenTCP(udp.getHost().port if port == 0 else port,
                             DNSStreamFactory(responder, idle_timeout), interface=host, backlog=128)
     return udp, tcp

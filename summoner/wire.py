@@ -109,6 +109,17 @@ def parse_hot(data: bytes) -> HotQuery | None:
     return flags, end, name, starts, qtype, limit, _OPT_RECORD[ttl & _DO]
 
 
+def truncated_reply(data: bytes) -> bytes | None:
+    """TC and the question, no records: "ask again over TCP" (rate limiting's
+    slip).  None for a query not of the usual shape."""
+    hot = parse_hot(data)
+    if hot is None:
+        return None
+    flags, question_end, _name, _starts, _qtype, _limit, opt = hot
+    header = _COUNTS.pack(_QR | _TC | (flags & _ECHOED), 1, 0, 0, 1 if opt else 0)
+    return data[:2] + header + data[12:question_end] + opt
+
+
 @dataclass(frozen=True, slots=True)
 class _Cached:
     tail: bytes  # the encoded response without its ID
