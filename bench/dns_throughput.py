@@ -7,11 +7,14 @@ Three query mixes, each answered by both servers in the same run:
   the "random subdomain" pattern of water-torture attacks;
 - random wildcard: a random label under a wildcard (``<random>.dyn.example.org A``).
 
-dnsperf (``-v``, so every reply's rcode and latency is seen) runs each mix
-against each server for ``--seconds``, alternating which server goes first,
-over ``--rounds`` rounds; the table gives min/median/max qps, the ratio of the
-medians and the p99 latency.  A reply with an unexpected rcode or a lost query
-is reported and makes the run fail: fast errors are not throughput.
+dnsperf runs each mix against each server for ``--seconds`` as fast as the
+server answers, alternating which server goes first, over ``--rounds``
+rounds; the table gives min/median/max qps and the ratio of the medians.
+Every reply's rcode is counted (dnsperf's "Response codes" line): a reply
+with an unexpected rcode, or a lost query, is reported and makes the run
+fail, since fast errors are not throughput.  The p99 latency comes from a
+second, paced run per mix (``-Q --latency-qps``, ``-v`` so that every reply's
+latency is seen): at saturation a p99 only measures the queue.
 
 summoner runs as an operator would run it for static data: ``--no-on-demand``,
 metrics on.  NSD runs with one server process and RRL off.  Everything is on
@@ -75,20 +78,19 @@ def query_file(work: Path, mix: str, names: int) -> Path:
     return path
 
 
-def dnsperf(port: int, queries: Path, expected: str, seconds: float, clients: int) -> Run:
+def dnsperf(port: int, queries: Path, expected: str, seconds: float, clients: int, latency_qps: int) -> Run:
     out = subprocess.run(["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-l", str(seconds),
-                          "-c", str(clients), "-q", "100", "-v", "-O", "suppress=timeouts"],
+                          "-c", str(clients), "-q", "100", "-O", "suppress=timeouts"],
                          capture_output=True, text=True, timeout=seconds + 60).stdout
-    latencies, unexpected = [], 0
-    for line in out.splitlines():
-        if line.startswith("> "):
-            parts = line.split()
-            if parts[1] != expected:
-                unexpected += 1
-            latencies.append(float(parts[-1]))
     qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))
     lost = int(re.search(r"Queries lost:\s+(\d+)", out).group(1))
-    latencies.sort()
+    codes = dict(re.findall(r"([A-Z]+) (\d+) \(", re.search(r"Response codes:(.*)", out).group(1)))
+    unexpected = sum(int(n) for code, n in codes.items() if code != expected)
+    paced = subprocess.run(["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-l", "3",
+                            "-c", str(clients), "-Q", str(latency_qps), "-v", "-O", "suppress=timeouts"],
+                           capture_output=True, text=True, timeout=60).stdout
+    latencies = sorted(float(line.split()[-1]) for line in paced.splitlines() if line.startswith("> "))
+    unexpected += sum(1 for line in paced.splitlines() if line.startswith("> ") and line.split()[1] != expected)
     p99 = latencies[int(len(latencies) * 0.99)] * 1000 if latencies else float("nan")
     return Run(qps, p99, unexpected, lost)
 
@@ -103,13 +105,12 @@ def wait_answering(port: int) -> None:
     raise SystemExit(f"server on port {port} did not answer")
 
 
-def start_summoner(work: Path, workers: int) -> tuple[subprocess.Popen, int]:
+def start_summoner(work: Path, root: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     args = [sys.executable, "-m", "summoner", "serve", "--zones", str(work / "zones"), "--listen",
             f"127.0.0.1:{port}", "--metrics", f"127.0.0.1:{free_port()}", "--no-on-demand", "--log-level", "warn"]
-    if workers > 1:
-        args += ["--workers", str(workers)]
-    proc = subprocess.Popen(args, stdout=open(work / "summoner.log", "w"), stderr=subprocess.STDOUT, cwd=ROOT)
+    # -m summoner from ``root``: another checkout (--summoner-root) runs its own code
+    proc = subprocess.Popen(args, stdout=open(work / "summoner.log", "w"), stderr=subprocess.STDOUT, cwd=root)
     wait_answering(port)
     return proc, port
 
@@ -149,8 +150,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds (servers alternate who goes first)")
     parser.add_argument("--clients", type=int, default=4, help="dnsperf clients")
     parser.add_argument("--names", type=int, default=200_000, help="distinct random names per random mix")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="summoner --workers, and NSD server-count (default 1)")
+    parser.add_argument("--latency-qps", type=int, default=5000, help="pace of the p99 latency runs")
+    parser.add_argument("--summoner-root", type=Path, default=ROOT,
+                        help="checkout whose summoner to run (default this one), e.g. an older commit to compare")
     args = parser.parse_args()
     for tool in ("dnsperf", "nsd", "dig"):
         if not shutil.which(tool):
@@ -162,19 +164,20 @@ def main() -> int:
         zone = (ROOT / "zones" / "example.org.zone").read_text() + WILDCARD
         (work / "zones" / "example.org.zone").write_text(zone)
         files = {mix: query_file(work, mix, args.names) for mix in MIXES}
-        summoner, s_port = start_summoner(work, args.workers)
-        nsd, n_port = start_nsd(work, args.workers)
+        summoner, s_port = start_summoner(work, args.summoner_root)
+        nsd, n_port = start_nsd(work, 1)
         procs += [summoner, nsd]
         servers = {"summoner": s_port, "nsd": n_port}
         cells = {(mix, server): Cell() for mix in MIXES for server in servers}
         print(f"dnsperf -c {args.clients} -q 100 -l {args.seconds:g}, {args.rounds} rounds, {os.cpu_count()} cores, "
-              f"loopback; summoner --no-on-demand --workers {args.workers}, NSD server-count {args.workers}, RRL off",
+              f"loopback; summoner --no-on-demand ({args.summoner_root}), NSD server-count 1, RRL off",
               flush=True)
         for round_no in range(args.rounds):
             order = list(servers) if round_no % 2 == 0 else list(reversed(servers))
             for mix in MIXES:
                 for server in order:
-                    run = dnsperf(servers[server], files[mix], MIXES[mix][1], args.seconds, args.clients)
+                    run = dnsperf(servers[server], files[mix], MIXES[mix][1], args.seconds, args.clients,
+                                  args.latency_qps)
                     cells[(mix, server)].runs.append(run)
                     print(f"  round {round_no + 1} {mix:16} {server:8} {run.qps:9.0f} qps  p99 {run.p99_ms:.2f} ms"
                           f"  unexpected rcodes {run.unexpected}  lost {run.lost}", flush=True)
@@ -191,7 +194,7 @@ def main() -> int:
 
 def report(cells: dict[tuple[str, str], Cell], servers: dict[str, int]) -> int:
     print("\n| mix | summoner qps (min / median / max) | NSD qps (min / median / max) | ratio of medians "
-          "| p99 summoner / NSD |")
+          "| p99 at the paced rate, summoner / NSD |")
     print("|---|---|---|---|---|")
     bad = 0
     for mix in MIXES:
