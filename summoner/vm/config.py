@@ -44,7 +44,7 @@ class OnDemandConfig:
     stop_mode: str | None = None
     domain_prefix: str = "summoner-"
     # Keep a paused, never-run domain ready for each stopped service, so a
-    # cold query skips libvirt's domain start-up (~0.35 s here) and only waits
+    # cold query skips libvirt's domain start-up (the libvirt boot phase) and only waits
     # for the guest's own boot.
     standby: bool = False
 
