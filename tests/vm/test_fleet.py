@@ -42,6 +42,7 @@ class FleetTest(unittest.TestCase):
     @defer.inlineCallbacks
     def _cleanup(self):
         yield self.od.stop()
+        self.backend.teardown()
         yield sleep(0.02)
 
     def svc(self, name: str):
@@ -133,6 +134,7 @@ class FleetTest(unittest.TestCase):
         yield od.stage.resolve(Query.of("hello.example.org", "A"))
         before = self.invalidations
         self.backend.kill("summoner-hello.example.org")
+        yield sleep(0.01)  # the events arrive
         self.assertEqual(self.svc("hello.example.org").state, State.STOPPED)
         self.assertGreater(self.invalidations, before)  # cached warm answers dropped
         answer = yield od.stage.resolve(Query.of("hello.example.org", "A"))
@@ -222,12 +224,13 @@ class FleetTest(unittest.TestCase):
         first = yield od.stage.resolve(Query.of("m0.example.org", "A"))
         self.assertEqual(first.rcode, RCODE.NOERROR)  # 300 of 512 MiB: fits
         self.assertEqual(self.svc("m0.example.org").state, State.READY)
+        capacity = {"service": "m1.example.org", "result": "capacity"}
         refusals = REGISTRY.get_sample_value("summoner_vm_capacity_refusals_total") or 0.0
+        refused_boots = REGISTRY.get_sample_value("summoner_vm_boots_total", capacity) or 0.0
         answer = yield od.stage.resolve(Query.of("m1.example.org", "A"))
         self.assertEqual(answer.rcode, RCODE.SERVFAIL)  # 600 > 512, and m0 is not idle long enough to evict
         self.assertEqual(REGISTRY.get_sample_value("summoner_vm_capacity_refusals_total"), refusals + 1)
-        self.assertEqual(REGISTRY.get_sample_value("summoner_vm_boots_total",
-                                                   {"service": "m1.example.org", "result": "capacity"}), 1.0)
+        self.assertEqual(REGISTRY.get_sample_value("summoner_vm_boots_total", capacity), refused_boots + 1)
         m1 = self.svc("m1.example.org")
         self.assertEqual(m1.state, State.STOPPED)
         self.assertEqual(m1.last_error, "no capacity: 16 VMs / 512 MiB in use and none idle for 60s")
@@ -285,8 +288,7 @@ class FleetTest(unittest.TestCase):
         yield od.stage.resolve(Query.of("a.example.org", "A"))
         yield od.stage.resolve(Query.of("b.example.org", "A"))
         # While "disconnected": b vanished without an event.
-        self.backend._unlisten("summoner-b.example.org")
-        del self.backend.domains["summoner-b.example.org"]
+        self.backend.lose("summoner-b.example.org")
         od2 = OnDemand(OnDemandConfig(admin=None, virt_type="qemu"), reactor, lambda: None,
                        backend=self.backend, images=images)
         od2.update_hosts([host("b", "127.0.0.94", "hello")])  # a was removed from the zone
@@ -432,3 +434,14 @@ class FleetTest(unittest.TestCase):
         self.assertEqual(od2.fleet.virt_type, "qemu")
         self.assertEqual(self.backend.creates, creates)
         od2.reaper.stop()
+
+
+class FleetTestRacyEventsFirst(FleetTest):
+    """Every test again, with the events that race with a call's result
+    (create's started, a paused create's two, destroy's stopped) delivered
+    before it, as libvirt does in about one round in five."""
+
+    def make(self, *args, **kwargs) -> OnDemand:
+        od = super().make(*args, **kwargs)
+        self.backend.racy_events_first = True
+        return od
