@@ -245,8 +245,7 @@ class Fleet:
             if not await self._make_room(svc):
                 metrics.CAPACITY_REFUSALS.inc()
                 metrics.BOOTS.labels(svc.name, "capacity").inc()
-                msg = (f"no capacity: {self.config.max_vms} VMs / {self.config.memory_budget_mib} MiB in use "
-                       f"and none idle for {self.config.evict_min_idle:g}s")
+                msg = self._refusal(svc)
                 log.warn("{service}: boot refused: {msg}", service=svc.name, msg=msg)
                 svc.last_error = msg
                 self._set_state(svc, State.STOPPED)
@@ -506,6 +505,15 @@ class Fleet:
                 count += 1
                 mem += s.spec.memory_mib
         return count, mem
+
+    def _refusal(self, svc: Service) -> str:
+        """Why ``_make_room`` gave up: what is in use against the limits."""
+        need, budget = svc.spec.memory_mib, self.config.memory_budget_mib
+        if need > budget:
+            return f"no capacity: needs {need} MiB, more than the whole memory budget ({budget} MiB)"
+        count, mem = self.usage(exclude=svc)
+        return (f"no capacity: needs {need} MiB; {count} of {self.config.max_vms} VMs and {mem} of {budget} MiB "
+                f"in use, none idle for {self.config.evict_min_idle:g}s")
 
     async def _make_room(self, svc: Service) -> bool:
         need = svc.spec.memory_mib

@@ -233,7 +233,8 @@ class FleetTest(unittest.TestCase):
         self.assertEqual(REGISTRY.get_sample_value("summoner_vm_boots_total", capacity), refused_boots + 1)
         m1 = self.svc("m1.example.org")
         self.assertEqual(m1.state, State.STOPPED)
-        self.assertEqual(m1.last_error, "no capacity: 16 VMs / 512 MiB in use and none idle for 60s")
+        self.assertEqual(m1.last_error, "no capacity: needs 300 MiB; 1 of 16 VMs and 300 of 512 MiB in use, "
+                                        "none idle for 60s")
         self.assertEqual(self.backend.creates, 1)  # no domain was started for m1
 
     @defer.inlineCallbacks
