@@ -267,6 +267,35 @@ class FleetTest(unittest.TestCase):
         od2.reaper.stop()
 
     @defer.inlineCallbacks
+    def test_restart_after_a_configuration_change_destroys_instead_of_adopting(self):
+        for label, address, changed_images, changed_host in (
+                ("img", "127.0.0.88", {"hello": manifest("hello", build="build 2")}, {}),  # image rebuilt
+                ("decl", "127.0.0.89", {"hello": manifest("hello")}, {"memory_mib": 128})):  # zone declaration
+            od = self.make([host(label, address, "hello")], {"hello": manifest("hello")})
+            yield od.start()
+            yield od.stage.resolve(Query.of(f"{label}.example.org", "A"))
+            domain = f"summoner-{label}.example.org"
+            old_uuid = self.backend.domains[domain]["uuid"]
+            # A restarted summoner whose image or declaration changed meanwhile.
+            od2 = OnDemand(OnDemandConfig(admin=None, virt_type="qemu"), reactor, lambda: None,
+                           backend=self.backend, images=changed_images)
+            od2.update_hosts([host(label, address, "hello", **changed_host)])
+            yield od2.start()
+            svc = od2.fleet.services[f"{label}.example.org"]
+            self.assertEqual(svc.state, State.STOPPED, label)  # not adopted
+            self.assertNotIn(domain, self.backend.domains, label)  # destroyed at start
+            self.assertEqual((self.backend.creates, self.backend.destroys), (1, 1), label)
+            answer = yield od2.stage.resolve(Query.of(f"{label}.example.org", "A"))
+            self.assertEqual(answer.rcode, RCODE.NOERROR, label)
+            self.assertEqual(self.backend.creates, 2, label)  # the query booted a new one
+            self.assertEqual(svc.boot_count, 1, label)
+            self.assertNotEqual(self.backend.domains[domain]["uuid"], old_uuid, label)
+            self.assertEqual(self.backend.domains[domain]["meta"].config_hash, svc.spec.config_hash, label)
+            od2.reaper.stop()
+            yield od2.stop()
+            yield self._cleanup()
+
+    @defer.inlineCallbacks
     def test_removed_and_changed_hosts_stop_their_vms(self):
         images = {"hello": manifest("hello")}
         od = self.make([host("a", "127.0.0.91", "hello"), host("b", "127.0.0.92", "hello")], images)
@@ -407,6 +436,20 @@ class FleetTest(unittest.TestCase):
         self.assertEqual(self.backend.destroys, 1)
 
     @defer.inlineCallbacks
+    def test_shutdown_mode_guest_that_powers_off_needs_no_destroy(self):
+        od = self.make([host("hello", "127.0.0.102", "hello", idle=0.2, stop="shutdown")],
+                       {"hello": manifest("hello")})
+        self.backend.acpi.add("hello.example.org")  # the guest honours the ACPI power button
+        yield od.start()
+        yield od.stage.resolve(Query.of("hello.example.org", "A"))
+        yield sleep(0.65)  # reaped after ~0.3 s, powered off ~0.11 s later; the grace (0.5 s) not over
+        self.assertEqual(self.svc("hello.example.org").state, State.STOPPED)
+        self.assertEqual((self.backend.shutdowns, self.backend.destroys), (1, 0))
+        self.assertIn(("summoner-hello.example.org", "stopped", "shutdown"), self.backend.events)
+        yield sleep(0.5)  # past the grace: still no destroy
+        self.assertEqual(self.backend.destroys, 0)
+
+    @defer.inlineCallbacks
     def test_auto_virt_type_falls_back_to_tcg_when_the_kvm_check_fails(self):
         import shutil
         import tempfile
@@ -437,12 +480,21 @@ class FleetTest(unittest.TestCase):
         od2.reaper.stop()
 
 
-class FleetTestRacyEventsFirst(FleetTest):
-    """Every test again, with the events that race with a call's result
-    (create's started, a paused create's two, destroy's stopped) delivered
-    before it, as libvirt does in about one round in five."""
+class FleetTestEventsBeforeResults(FleetTest):
+    """Every test again, with every libvirt event delivered before the
+    result of the call that caused it (libvirt's event thread winning the
+    race with the reply; see tests/vm/fakes.py)."""
 
     def make(self, *args, **kwargs) -> OnDemand:
         od = super().make(*args, **kwargs)
-        self.backend.racy_events_first = True
+        self.backend.event_order = "before"
+        return od
+
+
+class FleetTestEventsAfterResults(FleetTest):
+    """Every test again, with every event delivered after the result."""
+
+    def make(self, *args, **kwargs) -> OnDemand:
+        od = super().make(*args, **kwargs)
+        self.backend.event_order = "after"
         return od
