@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,7 @@ from summoner.rawqemu import RawVM, http_get
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "images"
 SILENT = ROOT / "tests" / "images" / "silent" / "image.toml"
+HELLO_ACPI = ROOT / "tests" / "images" / "hello-acpi" / "image.toml"
 API = "/todo/api/v1.0/tasks"
 # Generous: TCG on a shared 2-core CI machine; the manifests promise 10 s.
 BOOT_DEADLINE_S = 30.0
@@ -136,8 +138,8 @@ def test_disk_manifest(tmp_path: Path) -> None:
     assert m.network.ip_config == "dhcp"  # a disk image has no kernel command line
 
 
-@pytest.mark.parametrize("path", [IMAGES / "hello" / "image.toml", IMAGES / "tasks" / "image.toml", SILENT],
-                         ids=["hello", "tasks", "silent"])
+@pytest.mark.parametrize("path", [IMAGES / "hello" / "image.toml", IMAGES / "tasks" / "image.toml", SILENT,
+                                  HELLO_ACPI], ids=["hello", "tasks", "silent", "hello-acpi"])
 def test_shipped_manifests_are_valid(path: Path) -> None:
     m = load_manifest(path)
     assert m.name == path.parent.name
@@ -477,3 +479,41 @@ def test_silent_image_never_answers(built_images: None, tmp_path: Path) -> None:
         # Still running: "never answers" must not be "crashed and exited".
         assert vm.process.poll() is None, vm.qemu_errors()
     assert "silent: booted" in console.read_text(errors="replace")
+
+
+@pytest.mark.slow
+@boot_test
+@needs_tools
+@pytest.mark.parametrize("path, powers_off", [(HELLO_ACPI, True), (IMAGES / "hello" / "image.toml", False)],
+                         ids=["hello-acpi", "hello-acpi-off"])
+def test_acpi_power_button(built_images: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: Path,
+                           powers_off: bool) -> None:
+    """QEMU's system_powerdown presses the ACPI power button, as libvirt's
+    shutdown does: a guest with ACPI powers itself off at once; one booted
+    with acpi=off (the shipped images) does not notice."""
+    import summoner.rawqemu as rawqemu
+    monitor = tmp_path / "monitor.sock"
+    command = rawqemu.qemu_command
+    monkeypatch.setattr(rawqemu, "qemu_command", lambda *a, **kw: command(*a, **kw) + [
+        "-monitor", f"unix:{monitor},server,nowait"])
+    console = tmp_path / "console.log"
+    with RawVM.start(load_manifest(path), serial_log=console) as vm:
+        assert vm.wait_ready(BOOT_DEADLINE_S) is not None, vm.console()[-3000:]
+        with socket.socket(socket.AF_UNIX) as mon:
+            mon.connect(str(monitor))
+            mon.recv(4096)  # the monitor's banner
+            mon.sendall(b"system_powerdown\n")
+            pressed = time.monotonic()
+            try:
+                vm.process.wait(timeout=5 if powers_off else 3)
+                took: float | None = time.monotonic() - pressed
+            except subprocess.TimeoutExpired:
+                took = None
+    text = console.read_text(errors="replace")
+    if powers_off:
+        assert took is not None and took < 2.0, (took, text[-2000:])
+        assert vm.process.returncode == 0  # QEMU ends because the guest powered off
+        assert "power button: powering off" in text and "reboot: Power down" in text, text[-2000:]
+    else:
+        assert took is None, "an acpi=off guest powered off"
+        assert "power button" not in text

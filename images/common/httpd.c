@@ -9,7 +9,8 @@
  *    dropped (slowloris);
  *  - when the table is full the oldest connection is evicted, so new clients
  *    (e.g. summoner's readiness probe) are never locked out;
- *  - SIGPIPE ignored and MSG_NOSIGNAL used: a reset peer must not kill init.
+ *  - SIGPIPE ignored and MSG_NOSIGNAL used: a reset peer must not kill init;
+ *  - the ACPI power button powers the guest off (see power_off below).
  */
 #define _GNU_SOURCE
 #include "httpd.h"
@@ -24,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/reboot.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -73,6 +75,23 @@ void console_log(const char *name, const char *msg)
     do
         r = write(1, line, (size_t)n);
     while (r < 0 && errno == EINTR);
+}
+
+/* The guest kernel's tiny ACPI power-button driver (images/kernel/guest.config)
+ * sends init this signal, SIGRTMIN+4 in the kernel's numbering (musl's
+ * SIGRTMIN is 35, so spelled as a number).  There is nothing to flush (no
+ * disks, one request per connection): power off at once, through ACPI S5, so
+ * summoner's `stop=shutdown` ends with the domain stopping by itself. */
+#define POWER_BUTTON_SIGNAL 38
+
+static void power_off(int sig)
+{
+    static const char msg[] = "power button: powering off\n";
+    (void)sig;
+    if (write(1, msg, sizeof msg - 1) < 0) {
+        /* nothing to do about a console that cannot be written */
+    }
+    reboot(RB_POWER_OFF);
 }
 
 /* ---- output buffer ------------------------------------------------------ */
@@ -508,6 +527,10 @@ void http_serve(const struct http_config *cfg)
     /* PID 1 gets no default signal dispositions from the kernel, but be explicit:
      * a write to a reset connection must never terminate init. */
     signal(SIGPIPE, SIG_IGN);
+    /* Only as PID 1 in a guest: the same binary run on a development host as
+     * root must never power the host off. */
+    if (getpid() == 1)
+        signal(POWER_BUTTON_SIGNAL, power_off);
     for (int i = 0; i < MAX_CONNS; i++)
         conns[i].fd = -1;
 
