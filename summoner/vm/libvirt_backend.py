@@ -20,6 +20,8 @@ restart and are found again through their metadata.
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -182,6 +184,51 @@ def parse_usernet(text: str) -> tuple[str, ...]:
         if line.startswith(("TCP", "UDP")):
             rows.append(" ".join(line.split()))
     return tuple(sorted(rows))
+
+
+_TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT_1", 5: "FIN_WAIT_2",
+               6: "TIME_WAIT", 7: "CLOSED", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
+
+
+def _proc_endpoint(text: str) -> tuple[str, int]:
+    """``0100007F:1F90`` (address in host byte order) -> ("127.0.0.1", 8080)."""
+    address, _, port = text.partition(":")
+    return socket.inet_ntoa(struct.pack("=I", int(address, 16))), int(port, 16)
+
+
+def parse_proc_net_tcp(text: str, endpoints: set[tuple[str, int]]) -> dict[tuple[str, int], tuple[str, ...]]:
+    """The host's TCP sockets (``/proc/net/tcp``) with one end at one of
+    ``endpoints``, listeners left out, as ``TCP[STATE] host LOCAL REMOTE``
+    rows per endpoint.  In user mode every client connection to a guest is a
+    loopback connection to QEMU's forwarded (address, port), and the side
+    that closes first stays in TIME_WAIT for 60 s: a connection that came and
+    went between two looks is still there to see (slirp's own table drops it
+    at once)."""
+    found: dict[tuple[str, int], list[str]] = {}
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        try:
+            local, remote, state = _proc_endpoint(fields[1]), _proc_endpoint(fields[2]), int(fields[3], 16)
+        except (ValueError, struct.error, OSError):
+            continue
+        if state == 10:
+            continue  # QEMU's listening socket of the port forward
+        for end in (local, remote):
+            if end in endpoints:
+                found.setdefault(end, []).append(
+                    f"TCP[{_TCP_STATES.get(state, state)}] host {local[0]}:{local[1]} {remote[0]}:{remote[1]}")
+    return {end: tuple(sorted(rows)) for end, rows in found.items()}
+
+
+def host_connections(endpoints: set[tuple[str, int]]) -> dict[tuple[str, int], tuple[str, ...]]:
+    try:
+        with open("/proc/net/tcp") as f:
+            text = f.read()
+    except OSError:
+        return {}
+    return parse_proc_net_tcp(text, endpoints)
 
 
 class LibvirtBackend:
@@ -455,11 +502,14 @@ class LibvirtBackend:
 
         bridge: the tap's rx/tx byte and packet counters (``interfaceStats``).
         user: QEMU's user-mode stack has no libvirt-visible interface, so the
-        token is its connection table (``info usernet``): a connection open to
+        token is a connection table: QEMU's own (``info usernet``) plus the
+        host's TCP sockets at the forwarded address and port (from the
+        domain's metadata; see ``parse_proc_net_tcp``).  A connection open to
         the guest, or a new one since the last look, is activity.
         """
         def run(conn: libvirt.virConnect) -> dict[str, Any]:
             out: dict[str, Any] = {}
+            forwarded: dict[str, tuple[str, int]] = {}
             for name, mode in names.items():
                 try:
                     dom = conn.lookupByName(name)
@@ -467,8 +517,15 @@ class LibvirtBackend:
                         out[name] = self._tap_counters(dom)
                     else:
                         out[name] = self._usernet(dom)
+                        meta = parse_metadata(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NS, 0))
+                        if meta is not None:
+                            forwarded[name] = (meta.address, meta.port)
                 except libvirt.libvirtError:
                     continue
+            if forwarded:
+                host = host_connections(set(forwarded.values()))
+                for name, end in forwarded.items():
+                    out[name] = tuple(sorted(out[name] + host.get(end, ())))
             return out
         return self._call(run)
 

@@ -4,9 +4,10 @@ A ready VM is idle when it has had no DNS query (``Service.touch`` via the
 answer's ``on_hit``) *and* no guest network traffic for its idle timeout.
 Traffic matters because clients keep using a cached address long after their
 last query (Jitsu counted DNS only, and reaped VMs that were in use).  Traffic
-is read from libvirt interface counters (bridge mode) or QEMU's user-mode
-connection table (user mode), in one batched call on the libvirt worker
-thread per tick.
+is read from libvirt interface counters (bridge mode) or, in user mode, from
+QEMU's connection table and the host's TCP sockets at the forwarded address
+(slirp forgets a finished connection at once; the host keeps it in TIME_WAIT),
+in one batched call on the libvirt worker thread per tick.
 """
 
 from __future__ import annotations

@@ -13,7 +13,13 @@ from twisted.web import resource, server
 
 from summoner.vm.config import OnDemandConfig
 from summoner.vm.domxml import NetworkSettings, domain_xml, parse_metadata
-from summoner.vm.libvirt_backend import LibvirtBackend, NotConnectedError, parse_usernet, tail_file
+from summoner.vm.libvirt_backend import (
+    LibvirtBackend,
+    NotConnectedError,
+    parse_proc_net_tcp,
+    parse_usernet,
+    tail_file,
+)
 from summoner.vm.probe import Probe, ProbeTimeoutError
 from summoner.vm.spec import build_spec
 from tests.vm.fakes import host, manifest
@@ -72,14 +78,81 @@ def test_overrides_change_the_config_hash():
     assert spec().config_hash == spec(idle=5).config_hash  # reaping settings do not need a new VM
 
 
-def test_parse_usernet_ignores_listeners():
-    text = """Hub -1 (sn0):
+# Captured from a real hello guest (qemu:///system, QEMU 7.2, user networking,
+# forward 127.0.0.184:8080): `info usernet` and the host's /proc/net/tcp (the
+# lines of that address, plus the table's first two), idle 15 s after boot,
+# with one client connection open, and 0.3 s after that connection finished
+# (request sent, response read to EOF, closed).
+USERNET_IDLE = """Hub -1 (sn0):
   Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ
-  TCP[ESTABLISHED]   18      127.0.0.10  8080       10.0.2.15  8080     0     0
-  TCP[HOST_FORWARD]  11      127.0.0.10  8080       10.0.2.15  8080     0     0
+  TCP[TIME_WAIT]     15     127.0.0.184  8080       10.0.2.15  8080     0     0
+  TCP[HOST_FORWARD]  11     127.0.0.184  8080       10.0.2.15  8080     0     0
 """
-    assert parse_usernet(text) == ("TCP[ESTABLISHED] 18 127.0.0.10 8080 10.0.2.15 8080 0 0",)
-    assert parse_usernet(text.replace("ESTABLISHED", "HOST_FORWARD")) == ()
+USERNET_OPEN = """Hub -1 (sn0):
+  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ
+  TCP[ESTABLISHED]   19     127.0.0.184  8080       10.0.2.15  8080     0     0
+  TCP[TIME_WAIT]     15     127.0.0.184  8080       10.0.2.15  8080     0     0
+  TCP[HOST_FORWARD]  11     127.0.0.184  8080       10.0.2.15  8080     0     0
+"""
+USERNET_CLOSED = """Hub -1 (sn0):
+  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ
+  TCP[HOST_FORWARD]  11     127.0.0.184  8080       10.0.2.15  8080     0     0
+"""
+_HEAD = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+         "   0: B800007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000 64055        0 236870 1 "
+         "0000000067697d9d 100 0 0 10 0\n"
+         "   1: 00000000:07E8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1594 1 "
+         "000000005e885da1 100 0 0 10 0\n")
+PROC_IDLE = _HEAD + ("  20: B800007F:1F90 0100007F:D89A 06 00000000:00000000 03:00001193 00000000     0        0 0 3 "
+                     "00000000f365d9be\n")
+PROC_OPEN = _HEAD + (
+    "  13: 0100007F:98EA B800007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 236383 2 "
+    "00000000c2c93729 20 0 0 10 -1\n"
+    "  18: B800007F:1F90 0100007F:98EA 01 00000000:00000000 00:00000000 00000000 64055        0 236384 1 "
+    "00000000198abaab 20 0 0 10 -1\n"
+    "  22: B800007F:1F90 0100007F:D89A 06 00000000:00000000 03:00001174 00000000     0        0 0 3 "
+    "00000000f365d9be\n")
+PROC_CLOSED = _HEAD + (
+    "  17: B800007F:1F90 0100007F:98EA 06 00000000:00000000 03:00001751 00000000     0        0 0 3 "
+    "000000003380a5ae\n"
+    "  21: B800007F:1F90 0100007F:D89A 06 00000000:00000000 03:00001155 00000000     0        0 0 3 "
+    "00000000f365d9be\n")
+FORWARD = ("127.0.0.184", 8080)
+
+
+def test_parse_usernet_on_real_output():
+    assert parse_usernet(USERNET_OPEN) == ("TCP[ESTABLISHED] 19 127.0.0.184 8080 10.0.2.15 8080 0 0",
+                                           "TCP[TIME_WAIT] 15 127.0.0.184 8080 10.0.2.15 8080 0 0")
+    assert parse_usernet(USERNET_IDLE) == ("TCP[TIME_WAIT] 15 127.0.0.184 8080 10.0.2.15 8080 0 0",)
+    # slirp drops a finished connection at once: its table cannot show one
+    # that came and went between two looks (the host's table can, below)
+    assert parse_usernet(USERNET_CLOSED) == ()
+
+
+def test_parse_proc_net_tcp_on_real_output():
+    assert parse_proc_net_tcp(PROC_OPEN, {FORWARD}) == {FORWARD: (
+        "TCP[ESTABLISHED] host 127.0.0.184:8080 127.0.0.1:39146",   # QEMU's end
+        "TCP[ESTABLISHED] host 127.0.0.1:39146 127.0.0.184:8080",   # the client's end
+        "TCP[TIME_WAIT] host 127.0.0.184:8080 127.0.0.1:55450",     # an older one
+    )}  # QEMU's listener and the other address's listener are left out
+    assert parse_proc_net_tcp(PROC_CLOSED, {FORWARD}) == {FORWARD: (
+        "TCP[TIME_WAIT] host 127.0.0.184:8080 127.0.0.1:39146", "TCP[TIME_WAIT] host 127.0.0.184:8080 127.0.0.1:55450")}
+    assert parse_proc_net_tcp(PROC_OPEN, {("127.0.0.185", 8080), ("127.0.0.184", 8081)}) == {}
+
+
+def test_user_mode_tokens_of_real_captures_show_use_and_idleness():
+    """What the reaper concludes from consecutive looks at the captures above."""
+    from summoner.vm.reaper import traffic_seen
+
+    def token(usernet, proc):
+        return tuple(sorted(parse_usernet(usernet) + parse_proc_net_tcp(proc, {FORWARD}).get(FORWARD, ())))
+    idle, open_, closed = token(USERNET_IDLE, PROC_IDLE), token(USERNET_OPEN, PROC_OPEN), \
+        token(USERNET_CLOSED, PROC_CLOSED)
+    assert not traffic_seen("user", idle, idle)
+    assert traffic_seen("user", idle, open_)       # a connection is open
+    assert traffic_seen("user", open_, open_)      # still open: still in use
+    assert traffic_seen("user", idle, closed)      # one came and went between the looks
+    assert not traffic_seen("user", closed, closed)
 
 
 def test_tail_skips_old_runs_and_argv(tmp_path):
@@ -124,24 +197,51 @@ class BackendTest(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_bridge_mode_traffic_counters(self):
+        """The test driver carries no traffic: its interface counters follow
+        the clock (rx bytes = microseconds / 10, rx packets / 100, tx bytes /
+        20, tx packets / 110), so whether a token changes with traffic cannot
+        be seen here (the real guest in test_libvirt_real.py shows that).
+        What can: the token is the tap's rx bytes, rx packets, tx bytes and tx
+        packets, in that order, as libvirt reports them, so a read of the
+        counters just before and just after brackets every value."""
+        import xml.etree.ElementTree as ET
+
+        import libvirt
         yield self.backend.start()
         s = build_spec(host("web", "192.0.2.7", "hello"), manifest("hello"), OnDemandConfig(network="bridge"))
         yield self.backend.create(domain_xml(s, "test", NetworkSettings("bridge", "br7", "192.0.2.1")))
+        direct = libvirt.open("test:///default")  # the test driver's state is shared within a process
+        self.addCleanup(direct.close)
+        dom = direct.lookupByName(s.domain_name)
+        devs = [t.get("dev") for t in ET.fromstring(dom.XMLDesc(0)).iterfind("devices/interface/target")]
+        self.assertEqual(len(devs), 1)  # summoner's bridge-mode domain has one NIC
+        before = dom.interfaceStats(devs[0])
         tokens = yield self.backend.traffic({s.domain_name: "bridge", "gone": "bridge"})
+        after = dom.interfaceStats(devs[0])
         self.assertEqual(list(tokens), [s.domain_name])  # vanished domains are left out
-        self.assertEqual(len(tokens[s.domain_name]), 4)  # rx/tx bytes and packets of the tap
-        self.assertTrue(all(isinstance(v, int) for v in tokens[s.domain_name]))
+        token = tokens[s.domain_name]
+        self.assertEqual(len(token), 4)
+        # interfaceStats: rx_bytes, rx_packets, rx_errs, rx_drop, tx_bytes, tx_packets, tx_errs, tx_drop
+        for value, field in zip(token, (0, 1, 4, 5), strict=True):
+            self.assertTrue(before[field] <= value <= after[field], (field, before, token, after))
         yield self.backend.destroy(s.domain_name)
 
     @defer.inlineCallbacks
     def test_not_connected_fails_fast_and_kvm_check_answers(self):
-        with self.assertRaises(NotConnectedError):
-            yield self.backend.list_ours()
+        for call in (self.backend.list_ours, lambda: self.backend.traffic({"test": "bridge"}),
+                     lambda: self.backend.state("test"), lambda: self.backend.destroy("test")):
+            with self.assertRaises(NotConnectedError):
+                yield call()
         yield self.backend.start()
+        # The test driver offers no domain capabilities at all, so no kvm.
         ok, why = yield self.backend.kvm_usable()
-        self.assertIsInstance(ok, bool)
-        traffic = yield self.backend.traffic({"test": "bridge"})
-        self.assertIsInstance(traffic, dict)
+        self.assertFalse(ok)
+        self.assertTrue(why.startswith(("/dev/kvm is missing or not accessible", "libvirt offers no kvm domains:")),
+                        why)
+        traffic = yield self.backend.traffic({"test": "bridge"})  # the driver's predefined domain
+        self.assertEqual(list(traffic), ["test"])
+        self.assertEqual(len(traffic["test"]), 4)
+        self.assertTrue(all(v > 0 for v in traffic["test"]), traffic)
 
 
 # -- probe ----------------------------------------------------------------------------
