@@ -34,7 +34,7 @@ crowd  IN A 127.0.0.22
 _summoner.crowd IN TXT "image=hello" {crowd}
 silent IN A 127.0.0.23
 _summoner.silent IN TXT "image=silent" "boot_timeout=3"
-"""
+{extra}"""
 
 
 def libvirt_up() -> bool:
@@ -108,13 +108,17 @@ def od_server(vm_env, clean_domains, tmp_path_factory) -> Iterator:
     destroyed (a running server would notice and prepare standby domains)."""
     servers: list[ODServer] = []
 
-    def start(*extra: str, hello: str = "", tasks: str = "", crowd: str = "") -> ODServer:
+    def start(*extra: str, hello: str = "", tasks: str = "", crowd: str = "", zone_extra: str = "",
+              images_first: tuple[str, ...] = ()) -> ODServer:
+        """``zone_extra``: more records at the end of the zone; ``images_first``:
+        image directories searched before the shipped ones (the first wins a name)."""
         workdir = tmp_path_factory.mktemp("od")
         zones = workdir / "zones"
         zones.mkdir()
-        (zones / "od.test.zone").write_text(ZONE.format(hello=hello, tasks=tasks, crowd=crowd))
-        server = launch(workdir, zones, "--virt-type", "qemu", "--reap-interval", "0.5", *IMAGE_DIRS, *extra,
-                        server_class=ODServer)
+        (zones / "od.test.zone").write_text(ZONE.format(hello=hello, tasks=tasks, crowd=crowd, extra=zone_extra))
+        first = [arg for directory in images_first for arg in ("--images", directory)]
+        server = launch(workdir, zones, "--virt-type", "qemu", "--reap-interval", "0.5", *first, *IMAGE_DIRS,
+                        *extra, server_class=ODServer)
         servers.append(server)
         wait_until_answering(server)
         return server

@@ -9,6 +9,7 @@ import subprocess
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import dns.rcode
 import pytest
@@ -279,3 +280,108 @@ def test_standby_domain_serves_the_cold_query(od_server):
     assert http("GET", "http://127.0.0.20:8080/")[0] == 200
     row = server.status()["hello.od.test"]
     assert row["state"] == "ready" and row["boot_count"] == 1 and not row["standby"]
+
+
+def domain_xml_of(name: str) -> str:
+    return subprocess.run(["virsh", "-c", URI, "dumpxml", name], capture_output=True, text=True, check=True).stdout
+
+
+def domain_identity(name: str) -> tuple[str, str]:
+    """(uuid, summoner's configuration hash) of a running domain."""
+    import re
+    xml = domain_xml_of(name)
+    return re.search(r"<uuid>([^<]+)</uuid>", xml).group(1), re.search(r' hash="([^"]+)"', xml).group(1)
+
+
+def assert_replaced_not_adopted(server, old: tuple[str, str]) -> None:
+    """A restarted summoner found the VM of a configuration that changed: it
+    destroys it at start (no adoption, no boot), and the next query boots one
+    of the new configuration."""
+    deadline = time.monotonic() + 15
+    while "summoner-hello.od.test" in our_domains() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "summoner-hello.od.test" not in our_domains(), server.log()[-3000:]
+    row = server.status()["hello.od.test"]
+    assert row["state"] == "stopped" and row["boot_count"] == 0, row
+    assert server.metric("summoner_vm_reaps_total", reason="changed") == 1
+    log = server.log()
+    assert "summoner-hello.od.test (hello.od.test) is ours but its service is changed; destroying" in log
+    assert "adopted running VM" not in log
+    assert server.metric("summoner_vm_boots_total") == 0
+    assert addresses(server.query("hello.od.test", "A", timeout=20)) == ["127.0.0.20"]
+    assert server.status()["hello.od.test"]["boot_count"] == 1
+    assert server.metric("summoner_vm_boots_total", service="hello.od.test", result="success") == 1
+    uuid, config_hash = domain_identity("summoner-hello.od.test")
+    assert uuid != old[0] and config_hash != old[1]
+
+
+def test_restart_after_the_declaration_changed_replaces_the_vm(od_server):
+    first = od_server()
+    first.query("hello.od.test", "A", timeout=20)
+    old = domain_identity("summoner-hello.od.test")
+    first.stop()
+    assert "summoner-hello.od.test" in our_domains()  # VMs outlive summoner
+    second = od_server(hello='"memory=96"')  # the zone was edited while summoner was down
+    assert_replaced_not_adopted(second, old)
+    assert "<memory unit='KiB'>98304</memory>" in domain_xml_of("summoner-hello.od.test")
+
+
+def test_restart_after_the_image_changed_replaces_the_vm(od_server, tmp_path):
+    from tests.conftest import ROOT
+    first = od_server()
+    first.query("hello.od.test", "A", timeout=20)
+    old = domain_identity("summoner-hello.od.test")
+    first.stop()
+    # The image's manifest was edited while summoner was down (a copy, found
+    # before the shipped one; it boots the same built files).
+    shipped = ROOT / "images" / "hello"
+    changed = tmp_path / "images" / "hello"
+    changed.mkdir(parents=True)
+    text = (shipped / "image.toml").read_text()
+    text = text.replace('"../kernel/build/vmlinux"', f'"{shipped.parent / "kernel" / "build" / "vmlinux"}"')
+    text = text.replace('"build/initrd.cpio.gz"', f'"{shipped / "build" / "initrd.cpio.gz"}"')
+    text = text.replace("request_timeout_ms = 500", "request_timeout_ms = 400")
+    (changed / "image.toml").write_text(text)
+    second = od_server(images_first=(str(changed.parent),))
+    assert_replaced_not_adopted(second, old)
+
+
+# hello-acpi keeps ACPI on and powers off on the power button; the shipped
+# hello boots with acpi=off and ignores it.
+SHUTDOWN_ZONE = """down   IN A 127.0.0.24
+_summoner.down IN TXT "image=hello-acpi" "stop=shutdown" "idle=2"
+"""
+
+
+def stop_times(server, name: str, timeout: float = 30.0) -> tuple[float, float]:
+    """Seconds from now until ``name`` is stopping, and from then until stopped."""
+    started = time.monotonic()
+    server.wait_state(name, "stopping", timeout=timeout)
+    stopping = time.monotonic()
+    server.wait_state(name, "stopped", timeout=timeout)
+    return stopping - started, time.monotonic() - stopping
+
+
+def test_shutdown_mode_a_guest_that_powers_off_and_one_that_ignores_the_button(od_server):
+    server = od_server(hello='"stop=shutdown" "idle=2"', zone_extra=SHUTDOWN_ZONE)
+    assert addresses(server.query("down.od.test", "A", timeout=20)) == ["127.0.0.24"]
+    # idle 2 s, then the power button: the guest powers itself off well within
+    # the grace (5 s); libvirt reports the domain stopped about 2 s later.
+    _, stopping = stop_times(server, "down.od.test")
+    assert stopping < 5.0, stopping
+    log = server.log()
+    assert "down.od.test: stopped by shutdown (idle" in log
+    assert "down.od.test: no shutdown within" not in log  # no destroy fallback
+    console = Path("/var/log/libvirt/qemu/summoner-down.od.test.console.log").read_text(errors="replace")
+    assert "power button: powering off" in console and "reboot: Power down" in console, console[-2000:]
+    # The documented fallback, honestly: hello (acpi=off) ignores the button and
+    # is destroyed once the grace is over.
+    assert addresses(server.query("hello.od.test", "A", timeout=20)) == ["127.0.0.20"]
+    _, stopping = stop_times(server, "hello.od.test")
+    assert 5.0 <= stopping < 5.0 + 3.0, stopping
+    log = server.log()
+    assert "hello.od.test: no shutdown within 5s; destroying" in log
+    assert "hello.od.test: stopped by shutdown (idle" in log
+    console = Path("/var/log/libvirt/qemu/summoner-hello.od.test.console.log").read_text(errors="replace")
+    assert "power button" not in console
+    assert server.metric("summoner_vm_reaps_total", reason="idle") == 2
