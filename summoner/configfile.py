@@ -9,21 +9,23 @@ sync.  Values take the TOML type the flag stands for:
   (``no-metrics = true``, ``standby = true``, ``arrowhead-publish = false``);
 - repeatable flags: an array (``images = ["images", "tests/images"]``); one
   that takes several values per use (``--arrowhead-map SUFFIX KEY=VALUE...``)
-  an array of arrays;
+  an array of arrays, one per use (``[["lab.", "service=temp"]]``);
 - numbers: a TOML integer (float options also take a float), never a string;
-- everything else: a string, converted and checked exactly as the flag's
-  value would be, so a bad value gives the flag's own reason.
+- everything else: a string.
 
-Flags given on the command line override the file, repeatable ones included
-(``--images X`` replaces the file's ``images``).  Errors read ``FILE: KEY:
-reason``.  The file is read once, at start; SIGHUP reloads zones and images
-only.
+Every value then goes through argparse's own conversion and ``choices`` check,
+so a bad one gets exactly the reason the flag would get.  Flags given on the
+command line override the file, repeatable ones included (``--images X``
+replaces the file's ``images``).  Problems read ``FILE: KEY: reason`` (a TOML
+syntax error ``FILE: line N: reason``).  The file is read once, at start;
+SIGHUP reloads zones and images, not this file.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import re
 import tomllib
 import typing
 from collections.abc import Callable, Sequence
@@ -31,6 +33,7 @@ from pathlib import Path
 
 _FLAG_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
 _NOT_KEYS = {"help", "config"}
+_TOML_WHERE = re.compile(r"^(?P<reason>.*) \((?:at line (?P<line>\d+), column (?P<column>\d+)|at end of document)\)$")
 
 
 class ConfigError(Exception):
@@ -62,8 +65,12 @@ def _number_kind(converter: Callable[[str], object] | None) -> type | None:
     return returned if returned in (int, float) else None
 
 
-def _scalar(action: argparse.Action, raw: object) -> object:
-    """One value of ``action`` from TOML; ValueError says what is wrong."""
+def _scalar(parser: argparse.ArgumentParser, action: argparse.Action, raw: object) -> object:
+    """One value of ``action`` from TOML; ValueError says what is wrong.
+
+    Numbers must be TOML numbers, everything else a TOML string; either then
+    goes through argparse's own conversion and ``choices`` check, so a bad
+    value gets exactly the reason the flag would get."""
     kind = _number_kind(action.type)
     if kind is not None:
         numeric = (int, float) if kind is float else (int,)
@@ -72,17 +79,26 @@ def _scalar(action: argparse.Action, raw: object) -> object:
         raw = str(raw)
     elif not isinstance(raw, str):
         raise ValueError(f"expected a string, got {_type_name(raw)}")
-    if action.choices is not None and raw not in action.choices:
-        raise ValueError(f"must be one of {', '.join(map(str, action.choices))}, not {raw!r}")
-    if action.type is None:
-        return raw
     try:
-        return action.type(raw)
-    except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
-        raise ValueError(str(exc) or f"bad value {raw!r}") from exc
+        value = parser._get_value(action, raw)
+        parser._check_value(action, value)
+    except argparse.ArgumentError as exc:
+        raise ValueError(exc.message) from exc
+    return value
 
 
-def _value(action: argparse.Action, raw: object) -> object:
+def _one_use(parser: argparse.ArgumentParser, action: argparse.Action, raw: object) -> object:
+    """What one use of the flag gives: a value, or a list when it takes several."""
+    if action.nargs in (None, "?"):
+        return _scalar(parser, action, raw)
+    wanted = action.nargs if isinstance(action.nargs, int) else "one or more"
+    if not isinstance(raw, list) or not raw or wanted not in (len(raw), "one or more"):
+        got = (f"an array of {len(raw)}" if raw else "an empty array") if isinstance(raw, list) else _type_name(raw)
+        raise ValueError(f"expected an array of {wanted} values for each {action.option_strings[0]}, got {got}")
+    return [_scalar(parser, action, part) for part in raw]
+
+
+def _value(parser: argparse.ArgumentParser, action: argparse.Action, raw: object) -> object:
     if isinstance(action, _FLAG_ACTIONS):
         if not isinstance(raw, bool):
             raise ValueError(f"expected true or false, got {_type_name(raw)}")
@@ -90,12 +106,8 @@ def _value(action: argparse.Action, raw: object) -> object:
     if isinstance(action, argparse._AppendAction):
         if not isinstance(raw, list):
             raise ValueError(f"expected an array, got {_type_name(raw)}")
-        if action.nargs in ("+", "*"):
-            if not all(isinstance(item, list) and item for item in raw):
-                raise ValueError("expected an array of non-empty arrays, e.g. [[\".\", \"service=x\"]]")
-            return [[_scalar(action, part) for part in item] for item in raw]
-        return [_scalar(action, item) for item in raw]
-    return _scalar(action, raw)
+        return [_one_use(parser, action, item) for item in raw]
+    return _one_use(parser, action, raw)
 
 
 def _type_name(raw: object) -> str:
@@ -103,25 +115,50 @@ def _type_name(raw: object) -> str:
             dict: "a table"}.get(type(raw), type(raw).__name__)
 
 
-def load(path: Path, parser: argparse.ArgumentParser) -> dict[str, object]:
-    """The file's settings as ``{dest: value}``; raises ConfigError."""
+def _read(path: Path) -> dict[str, object]:
+    """The parsed document; a problem is ``FILE: reason`` or ``FILE: line N: reason``."""
     try:
-        document = tomllib.loads(path.read_text())
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read it: {exc.strerror or exc}"]) from exc
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError([f"{path}: line {line}: not UTF-8 text (TOML files are UTF-8)"]) from exc
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: {exc}"]) from exc
+        where = _TOML_WHERE.match(str(exc))
+        if where is None:
+            raise ConfigError([f"{path}: {exc}"]) from exc
+        line = where["line"] or str(text.count("\n") + (not text.endswith("\n")))
+        column = f" (column {where['column']})" if where["column"] else " (at the end of the file)"
+        raise ConfigError([f"{path}: line {line}: {where['reason']}{column}"]) from exc
+
+
+def _unknown(key: str, raw: object, known: dict[str, argparse.Action]) -> str:
+    if key == "config":
+        return "cannot be set in the file itself (give --config on the command line)"
+    if isinstance(raw, dict):
+        return "unknown option (the file has no tables: write every key at the top level)"
+    close = difflib.get_close_matches(key, known, n=1)
+    return "unknown option" + (f" (did you mean {close[0]}?)" if close else "")
+
+
+def load(path: Path, parser: argparse.ArgumentParser) -> dict[str, object]:
+    """The file's settings as ``{dest: value}``; raises ConfigError."""
+    document = _read(path)
     known = options(parser)
     values: dict[str, object] = {}
     problems = []
     for key, raw in document.items():
         action = known.get(key)
         if action is None:
-            close = difflib.get_close_matches(key, known, n=1)
-            problems.append(f"{path}: {key}: unknown option" + (f" (did you mean {close[0]}?)" if close else ""))
+            problems.append(f"{path}: {key}: {_unknown(key, raw, known)}")
             continue
         try:
-            values[action.dest] = _value(action, raw)
+            values[action.dest] = _value(parser, action, raw)
         except ValueError as exc:
             problems.append(f"{path}: {key}: {exc}")
     if problems:
