@@ -67,3 +67,36 @@ def test_local_files_it_mounts_exist_and_prometheus_scrapes_summoner(compose):
 def test_orchestrator_runs_without_gatekeeper():
     properties = (ROOT / "deploy" / "arrowhead" / "orchestrator.properties").read_text().splitlines()
     assert "gatekeeper_is_present=false" in properties
+
+
+def test_grafana_provisions_the_summoner_dashboard_on_the_compose_prometheus(compose):
+    grafana = compose["services"]["grafana"]
+    assert grafana["image"].startswith("grafana/grafana-oss:10.")
+    assert "prometheus" in grafana["depends_on"]
+    # Published on loopback only; anonymous users may look, not edit.
+    assert grafana["ports"] == ["127.0.0.1:3000:3000"]
+    assert grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert grafana["environment"]["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    mounts = {}
+    for volume in grafana["volumes"]:
+        source, target, mode = volume.split(":")
+        assert mode == "ro" and source.startswith("./"), volume
+        assert (ROOT / source).exists(), source   # tracked in the repository
+        mounts[target] = ROOT / source
+    # Grafana reads every YAML file in these two directories at start.
+    datasources = mounts["/etc/grafana/provisioning/datasources"]
+    dashboards = mounts["/etc/grafana/provisioning/dashboards"]
+    assert (datasources / "prometheus.yml").is_file() and (dashboards / "summoner.yml").is_file()
+    [source] = yaml.safe_load((datasources / "prometheus.yml").read_text())["datasources"]
+    assert source["type"] == "prometheus" and source["access"] == "proxy"
+    host, port = source["url"].removeprefix("http://").split(":")
+    assert host == "prometheus" and host in compose["services"]
+    assert any(p.split(":")[-1] == port for p in compose["services"]["prometheus"]["ports"])
+    [provider] = yaml.safe_load((dashboards / "summoner.yml").read_text())["providers"]
+    assert provider["type"] == "file"
+    dashboard_dir = provider["options"]["path"]
+    files = {target: path for target, path in mounts.items() if target.startswith(dashboard_dir + "/")}
+    assert files == {f"{dashboard_dir}/summoner.json": ROOT / "deploy" / "grafana" / "summoner.json"}
+    dashboard = json.loads(files[f"{dashboard_dir}/summoner.json"].read_text())
+    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {source["uid"]}
+    assert grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] in files
