@@ -18,9 +18,9 @@ DEADLINE = 0.5
 COOLDOWN = 1.5
 
 
-def arrowhead_args(double, *extra: str) -> list[str]:
+def arrowhead_args(double, *extra: str, deadline: float = DEADLINE) -> list[str]:
     return ["--arrowhead-orchestrator", double.http, "--arrowhead-registry", double.http,
-            "--arrowhead-domain", "ah.test", "--arrowhead-deadline", str(DEADLINE),
+            "--arrowhead-domain", "ah.test", "--arrowhead-deadline", str(deadline),
             "--arrowhead-circuit-threshold", "2", "--arrowhead-circuit-cooldown", str(COOLDOWN),
             "--arrowhead-ttl", "30", *extra]
 
@@ -292,20 +292,125 @@ def test_pipelined_tcp_answers_come_back_as_they_complete(served):
     assert by_id[2003].rcode() == dns.rcode.REFUSED  # in no zone, no Arrowhead domain
 
 
-def test_a_failed_probe_after_the_cooldown_opens_the_circuit_again(served):
-    server, double = served
-    double.stop()
-    for name in ("b1.ah.test", "b2.ah.test"):  # two failures open the circuit
-        assert server.query(name, "A").rcode() == dns.rcode.SERVFAIL
-    opened = server.metric("summoner_arrowhead_lookups_total", result="circuit_open")
-    time.sleep(COOLDOWN + 0.1)
-    # The cool-down is over: one probe goes to the (still dead) Orchestrator...
-    assert server.query("b3.ah.test", "A").rcode() == dns.rcode.SERVFAIL
-    assert server.metric("summoner_arrowhead_lookups_total", result="circuit_open") == opened
-    # ...fails, and the circuit is open again for another cool-down: no waiting, nothing sent.
-    for name in ("b4.ah.test", "b5.ah.test", "b6.ah.test"):
+# -- the circuit breaker after its cool-down (threshold 2, cool-down COOLDOWN)
+
+# What the Orchestrator answers when its database is gone: an unhealthy 500.
+ORCHESTRATOR_FAILS = {"fail": {"orchestration": {
+    "errorMessage": "Database operation exception", "errorCode": 500, "exceptionType": "ARROWHEAD"}}}
+ORCHESTRATOR_WORKS = {"fail": {"orchestration": None}, "delay": {"orchestration": 0}}
+PROBE_HELD = 2.0  # how long the double holds the probe: the flood arrives meanwhile
+
+
+@pytest.fixture
+def breaker(start_server, arrowhead_double):
+    """summoner with a deadline long enough for the double to hold a probe."""
+    server = start_server(*_zones(), *arrowhead_args(arrowhead_double, deadline=PROBE_HELD + 2))
+    wait_for(lambda: any(s["systemName"] == "summoner" for s in arrowhead_double.control("state")["systems"]),
+             what="summoner's system registration")
+    return server, arrowhead_double
+
+
+def circuit(server) -> str:
+    import requests
+    return requests.get(f"http://127.0.0.1:{server.admin_port}/arrowhead", timeout=5).json()["orchestrator"]["circuit"]
+
+
+def orchestrations(double) -> int:
+    return double.counters().get("orchestration", 0)
+
+
+def assert_circuit_open_for(server, double, names) -> None:
+    """Each name is SERVFAIL at once, counted as circuit_open, and nothing reaches the Orchestrator."""
+    sent, rejected = orchestrations(double), server.metric("summoner_arrowhead_lookups_total", result="circuit_open")
+    for name in names:
         started = time.monotonic()
         assert server.query(name, "A").rcode() == dns.rcode.SERVFAIL
-        assert time.monotonic() - started < 0.1
-    assert server.metric("summoner_arrowhead_lookups_total", result="circuit_open") == opened + 3
-    double.start()
+        assert time.monotonic() - started < 0.25
+    assert server.metric("summoner_arrowhead_lookups_total", result="circuit_open") == rejected + len(names)
+    assert orchestrations(double) == sent
+
+
+def open_the_circuit(server, double) -> float:
+    """Two failing orchestrations (the threshold); returns when the circuit opened."""
+    double.control("knobs", ORCHESTRATOR_FAILS)
+    for name in ("fail1.ah.test", "fail2.ah.test"):
+        assert server.query(name, "A").rcode() == dns.rcode.SERVFAIL
+    opened = time.monotonic()
+    assert orchestrations(double) == 2
+    assert server.metric("summoner_arrowhead_lookups_total", result="error") == 2
+    assert circuit(server) == "open"
+    assert_circuit_open_for(server, double, ["open1.ah.test", "open2.ah.test"])
+    return opened
+
+
+def rcode_or_none(server, name: str, timeout: float = 5.0):
+    try:
+        return server.query(name, "A", timeout=timeout).rcode()
+    except dns.exception.Timeout:
+        return None
+
+
+def sleep_until(moment: float) -> None:
+    time.sleep(max(0.0, moment - time.monotonic()))
+
+
+def test_a_failed_probe_after_the_cooldown_opens_the_circuit_for_another_cooldown(breaker):
+    server, double = breaker
+    opened = open_the_circuit(server, double)
+    sleep_until(opened + COOLDOWN + 0.2)
+    # The cool-down is over: one probe goes to the (still failing) Orchestrator,
+    # which holds it; a flood of other names arriving meanwhile is not let through.
+    double.control("knobs", {"delay": {"orchestration": PROBE_HELD}})
+    with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
+        probe = pool.submit(server.query, "probe.ah.test", "A", timeout=PROBE_HELD + 5)
+        wait_for(lambda: orchestrations(double) == 3, timeout=PROBE_HELD, what="the probe at the Orchestrator")
+        assert circuit(server) == "half-open"
+        rejected = server.metric("summoner_arrowhead_lookups_total", result="circuit_open")
+        codes = list(pool.map(lambda i: rcode_or_none(server, f"flood{i}.ah.test", timeout=1), range(40)))
+        assert codes == [dns.rcode.SERVFAIL] * 40
+        assert orchestrations(double) == 3
+        assert server.metric("summoner_arrowhead_lookups_total", result="circuit_open") == rejected + 40
+        assert not probe.done()  # all of the flood came while the probe was out
+        assert probe.result().rcode() == dns.rcode.SERVFAIL  # the 500, after PROBE_HELD
+    reopened = time.monotonic()
+    assert server.metric("summoner_arrowhead_lookups_total", result="error") == 3
+    # The failed probe opened the circuit again, not closed it, and for a whole
+    # new cool-down counted from the probe's failure.
+    assert circuit(server) == "open"
+    double.control("knobs", ORCHESTRATOR_WORKS)
+    double.register_provider("temperature", "10.1.2.3", 8080)
+    assert_circuit_open_for(server, double, ["again1.ah.test", "temperature.ah.test"])
+    sleep_until(reopened + COOLDOWN * 0.7)
+    assert_circuit_open_for(server, double, ["again2.ah.test", "temperature.ah.test"])
+    # ...after which the next probe goes out again.
+    sleep_until(reopened + COOLDOWN + 0.2)
+    assert [rr.address for rr in rrs(server.query("temperature.ah.test", "A"), "A")] == ["10.1.2.3"]
+    assert orchestrations(double) == 4
+    assert circuit(server) == "closed"
+
+
+def test_a_successful_probe_after_the_cooldown_closes_the_circuit(breaker):
+    server, double = breaker
+    opened = open_the_circuit(server, double)
+    double.control("knobs", ORCHESTRATOR_WORKS)
+    double.register_provider("temperature", "10.1.2.3", 8080)
+    sleep_until(opened + COOLDOWN + 0.2)
+    assert [rr.address for rr in rrs(server.query("temperature.ah.test", "A"), "A")] == ["10.1.2.3"]
+    assert orchestrations(double) == 3
+    # Closed: every name goes to the Orchestrator again, many at a time...
+    assert circuit(server) == "closed"
+    rejected = server.metric("summoner_arrowhead_lookups_total", result="circuit_open")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=10) as pool:
+        codes = list(pool.map(lambda i: rcode_or_none(server, f"after{i}.ah.test"), range(10)))
+    assert codes == [dns.rcode.NXDOMAIN] * 10  # no such services: each one asked
+    assert orchestrations(double) == 13
+    assert server.metric("summoner_arrowhead_lookups_total", result="circuit_open") == rejected
+    # ...and the failures before the probe are forgotten: it takes the whole
+    # threshold of new ones to open it again.
+    double.control("knobs", ORCHESTRATOR_FAILS)
+    assert server.query("fail3.ah.test", "A").rcode() == dns.rcode.SERVFAIL
+    assert circuit(server) == "closed"
+    assert server.query("fail4.ah.test", "A").rcode() == dns.rcode.SERVFAIL
+    assert orchestrations(double) == 15
+    assert circuit(server) == "open"
+    assert_circuit_open_for(server, double, ["open3.ah.test"])

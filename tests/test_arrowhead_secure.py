@@ -11,6 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from dnslib import QTYPE, RCODE
+from prometheus_client import REGISTRY
 from twisted.internet import defer, reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
@@ -34,6 +35,17 @@ def secure_args(double: DoubleProcess, pki: Path, *extra: str) -> list[str]:
 def pem_args(pki: Path) -> list[str]:
     return ["--arrowhead-cert", str(pki / "summoner.pem"), "--arrowhead-key", str(pki / "summoner.key"),
             "--arrowhead-truststore", str(pki / "truststore.pem")]
+
+
+def lookups(result: str) -> float:
+    """summoner_arrowhead_lookups_total{result=...} of this process."""
+    return REGISTRY.get_sample_value("summoner_arrowhead_lookups_total", {"result": result}) or 0.0
+
+
+# DER-encoded OIDs of the PKCS#12 PBE algorithms of a legacy keystore
+# (RFC 7292 appendix C): RC2-40 for the certificate bag, 3DES for the key bag.
+PBE_SHA1_RC2_40 = bytes.fromhex("060a2a864886f70d010c0106")
+PBE_SHA1_3DES = bytes.fromhex("060a2a864886f70d010c0103")
 
 
 @defer.inlineCallbacks
@@ -81,7 +93,11 @@ class SecureModeTest(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_legacy_pkcs12_keystore_and_truststore_as_arrowhead_ships_them(self):
-        keystore = self.pki / "summoner-legacy.p12"  # written by openssl: the PKI fails without it
+        # Written by the openssl tool: without a working one the PKI fixture
+        # fails with openssl's error (an error, never a skip).
+        keystore = self.pki / "summoner-legacy.p12"
+        data = keystore.read_bytes()
+        assert PBE_SHA1_RC2_40 in data and PBE_SHA1_3DES in data, "not a legacy RC2-40/3DES keystore"
         _, answer = yield self.resolve_with(
             *secure_args(self.double, self.pki), "--arrowhead-pkcs12", str(keystore),
             "--arrowhead-pkcs12-password", "123456", "--arrowhead-truststore", str(self.pki / "truststore.p12"))
@@ -95,48 +111,86 @@ class SecureModeTest(unittest.TestCase):
         _, answer = yield self.resolve_with(*args, *pem_args(self.pki))
         assert answer.rcode == RCODE.NOERROR
 
-    @defer.inlineCallbacks
-    def test_a_certificate_for_another_host_is_refused_unless_the_check_is_off(self):
-        misnamed = self.misnamed_double()
-        args = [*secure_args(misnamed, self.misnamed_pki), "--arrowhead-cert", str(self.misnamed_pki / "summoner.pem"),
-                "--arrowhead-key", str(self.misnamed_pki / "summoner.key"),
-                "--arrowhead-truststore", str(self.misnamed_pki / "truststore.pem")]
-        _, answer = yield self.resolve_with(*args)
-        assert answer.rcode == RCODE.SERVFAIL
-        text = "\n".join(self.lines)
-        assert "is not valid for 127.0.0.1 (no matching subjectAltName)" in text, text
-        assert "use --arrowhead-no-hostname-check" in text
-        assert misnamed.counters().get("orchestration", 0) == 0
-        # With the check off the same server is reached...
-        _, answer = yield self.resolve_with(*args, "--arrowhead-no-hostname-check")
-        assert answer.rcode == RCODE.NOERROR
-        assert [str(rr.rdata) for rr in answer.answer if rr.rtype == QTYPE.A] == ["10.1.2.3"]
-
-    @defer.inlineCallbacks
-    def test_no_hostname_check_still_checks_the_chain_of_trust(self):
-        args = secure_args(self.double, self.pki, "--arrowhead-cert", str(self.pki / "summoner.pem"),
-                           "--arrowhead-key", str(self.pki / "summoner.key"),
-                           "--arrowhead-truststore", str(self.foreign / "truststore.pem"),
-                           "--arrowhead-no-hostname-check")
-        _, answer = yield self.resolve_with(*args)
-        assert answer.rcode == RCODE.SERVFAIL
-        assert "not signed by a CA in the truststore" in "\n".join(self.lines)
-        assert self.double.counters().get("orchestration", 0) == 0
-
-    def misnamed_double(self) -> DoubleProcess:
-        """A double whose certificates name only orchestrator.invalid, not the 127.0.0.1 we dial."""
+    def misnamed_double(self, names: tuple[str, ...] = ("orchestrator.invalid",)) -> tuple[DoubleProcess, Path]:
+        """A double of this test's own cloud whose certificate names ``names``
+        only (none: no subjectAltName at all), not the 127.0.0.1 or localhost
+        summoner dials; and that cloud's PKI."""
         import shutil
         import tempfile
 
         from tests.arrowhead_double import pki
-        from tests.arrowhead_double.fixtures import SYSTEMS
         directory = Path(tempfile.mkdtemp(prefix="misnamed-pki-"))
         self.addCleanup(shutil.rmtree, directory, True)
-        self.misnamed_pki = pki.generate(directory, SYSTEMS, names=("orchestrator.invalid",))
-        double = DoubleProcess(self.misnamed_pki).start()
+        misnamed_pki = pki.generate(directory, ["orchestrator", "summoner"], names=names)
+        double = DoubleProcess(misnamed_pki).start()
         self.addCleanup(double.stop)
         double.register_provider("temperature", "10.1.2.3", 8080)
-        return double
+        return double, misnamed_pki
+
+    @staticmethod
+    def own_cloud_args(double: DoubleProcess, pki: Path, host: str = "127.0.0.1") -> list[str]:
+        args = secure_args(double, pki, *pem_args(pki))
+        args[1] = args[3] = f"https://{host}:{double.https_port}"
+        return args
+
+    @defer.inlineCallbacks
+    def assert_refused_for_hostname(self, double: DoubleProcess, args: list[str], host: str, names: str):
+        errors = lookups("error")
+        del self.lines[:]
+        _, answer = yield self.resolve_with(*args)
+        assert answer.rcode == RCODE.SERVFAIL
+        assert lookups("error") == errors + 1
+        text = "\n".join(self.lines)
+        assert (f"TLS: hostname mismatch: the certificate CN=orchestrator.testcloud.aitia.arrowhead.eu of "
+                f"{host}:{double.https_port} is not valid for {host} ({names}); use a URL with a name the "
+                f"certificate holds, issue the core system a certificate whose subjectAltName includes {host}, "
+                "or pass --arrowhead-no-hostname-check (the chain of trust is still checked)") in text, text
+        assert "TLS handshake failed" in text
+        assert "not signed by a CA" not in text  # the chain itself was fine
+        assert double.counters().get("orchestration", 0) == 0
+
+    @defer.inlineCallbacks
+    def test_a_server_certificate_for_another_host_is_refused_with_the_fix_in_the_log(self):
+        double, pki = self.misnamed_double()
+        for host in ("127.0.0.1", "localhost"):  # an IP-address and a DNS-name identity
+            yield self.assert_refused_for_hostname(double, self.own_cloud_args(double, pki, host), host,
+                                                   "its subjectAltName holds DNS:orchestrator.invalid")
+
+    @defer.inlineCallbacks
+    def test_a_server_certificate_without_subject_alt_name_is_refused_with_the_fix_in_the_log(self):
+        double, pki = self.misnamed_double(names=())
+        yield self.assert_refused_for_hostname(double, self.own_cloud_args(double, pki), "127.0.0.1",
+                                               "it has no subjectAltName")
+
+    @defer.inlineCallbacks
+    def test_no_hostname_check_reaches_a_server_certificate_for_another_host(self):
+        for names in (("orchestrator.invalid",), ()):
+            double, pki = self.misnamed_double(names)
+            answers = lookups("answer")
+            del self.lines[:]
+            _, answer = yield self.resolve_with(*self.own_cloud_args(double, pki), "--arrowhead-no-hostname-check")
+            assert answer.rcode == RCODE.NOERROR, "\n".join(self.lines)
+            assert [str(rr.rdata) for rr in answer.answer if rr.rtype == QTYPE.A] == ["10.1.2.3"]
+            assert lookups("answer") == answers + 1
+            assert double.counters()["orchestration"] == 1
+            assert "hostname mismatch" not in "\n".join(self.lines)
+
+    @defer.inlineCallbacks
+    def test_no_hostname_check_still_checks_the_chain_of_trust(self):
+        # The misnamed server that --arrowhead-no-hostname-check reaches above,
+        # with a truststore of another cloud: its certificate is refused.
+        double, pki = self.misnamed_double()
+        args = [*secure_args(double, pki), "--arrowhead-cert", str(pki / "summoner.pem"),
+                "--arrowhead-key", str(pki / "summoner.key"),
+                "--arrowhead-truststore", str(self.foreign / "truststore.pem"), "--arrowhead-no-hostname-check"]
+        errors = lookups("error")
+        _, answer = yield self.resolve_with(*args)
+        assert answer.rcode == RCODE.SERVFAIL
+        assert lookups("error") == errors + 1
+        text = "\n".join(self.lines)
+        assert "TLS: rejecting certificate CN=testcloud.aitia.arrowhead.eu" in text, text
+        assert "not signed by a CA in the truststore" in text
+        assert double.counters().get("orchestration", 0) == 0
 
     @defer.inlineCallbacks
     def test_untrusted_server_is_refused_with_a_clear_log_line(self):

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
-from service_identity import VerificationError
+from service_identity import CertificateError, VerificationError
 from service_identity.hazmat import DNS_ID, IPAddress_ID, verify_service_identity
 from service_identity.pyopenssl import extract_patterns
 from twisted.internet import defer, protocol
@@ -276,12 +276,24 @@ class _Connector:
         if depth == 0 and self._check_hostname:
             try:
                 verify_service_identity(extract_patterns(cert), [self._identity], [])
-            except VerificationError:
-                log.error("TLS: certificate CN={cn} of {where} is not valid for {host} (no matching "
-                          "subjectAltName); issue one with the right SAN or use --arrowhead-no-hostname-check",
-                          cn=subject, where=self._where, host=self._host)
+            except (VerificationError, CertificateError):  # CertificateError: no subjectAltName at all
+                log.error("TLS: hostname mismatch: the certificate CN={cn} of {where} is not valid for {host} "
+                          "({names}); use a URL with a name the certificate holds, issue the core system a "
+                          "certificate whose subjectAltName includes {host}, or pass --arrowhead-no-hostname-check "
+                          "(the chain of trust is still checked)",
+                          cn=subject, where=self._where, host=self._host, names=_subject_alt_names(cert))
                 return False
         return True
+
+
+def _subject_alt_names(cert: crypto.X509) -> str:
+    try:
+        sans = cert.to_cryptography().extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return "it has no subjectAltName"
+    names = ([f"DNS:{name}" for name in sans.get_values_for_type(x509.DNSName)]
+             + [f"IP:{address}" for address in sans.get_values_for_type(x509.IPAddress)])
+    return "its subjectAltName holds " + (", ".join(names) or "no DNS name or IP address")
 
 
 @implementer(IPolicyForHTTPS)
@@ -502,7 +514,7 @@ def _ssl_reason(error: SSL.Error) -> str:
         if error.args and isinstance(error.args[0], list) else [str(error)]
     joined = ", ".join(t for t in texts if t) or str(error)
     if "certificate verify failed" in joined:
-        return joined + " (we do not trust the server's certificate)"
+        return joined + " (summoner refused the server's certificate; the TLS: line logged before says why)"
     if "alert" in joined:
         return joined + " (the server refused our client certificate)"
     return joined

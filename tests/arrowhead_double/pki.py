@@ -8,10 +8,11 @@ a trust anchor that is not self-signed -- the generated files reproduce that,
 which is what makes them useful for testing summoner's TLS set-up.
 
 Output per system: ``<name>.pem`` (certificate then cloud certificate),
-``<name>.key`` (PKCS#8 PEM), ``<name>.p12`` (modern encryption) and, when the
-``openssl`` tool is present, ``<name>-legacy.p12`` (RC2-40, as the bundled
-Arrowhead keystores are).  Plus ``master.pem``, ``cloud.pem`` and
-``truststore.pem`` / ``truststore.p12`` (cloud certificate only).
+``<name>.key`` (PKCS#8 PEM), ``<name>.p12`` (modern encryption) and
+``<name>-legacy.p12`` (RC2-40, as the bundled Arrowhead keystores are; written
+by the ``openssl`` tool, so generating fails, with openssl's error, without a
+working one).  Plus ``master.pem``, ``cloud.pem`` and ``truststore.pem`` /
+``truststore.p12`` (cloud certificate only).
 """
 
 from __future__ import annotations
@@ -115,11 +116,16 @@ def _legacy_p12(out: Path, system: str) -> None:
     tool = shutil.which("openssl")
     if tool is None:
         raise RuntimeError("openssl is missing: run scripts/install.sh (the legacy keystore needs it)")
-    subprocess.run(
-        [tool, "pkcs12", "-export", "-legacy", "-in", str(out / f"{system}.pem"),
-         "-inkey", str(out / f"{system}.key"), "-name", system,
-         "-out", str(out / f"{system}-legacy.p12"), "-passout", "pass:" + PASSWORD.decode()],
-        check=True, capture_output=True)
+    command = [tool, "pkcs12", "-export", "-legacy", "-in", str(out / f"{system}.pem"),
+               "-inkey", str(out / f"{system}.key"), "-name", system,
+               "-out", str(out / f"{system}-legacy.p12"), "-passout", "pass:" + PASSWORD.decode()]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        # A failure here must fail the tests that need the keystore, with
+        # openssl's own words (a bare CalledProcessError would hide them).
+        raise RuntimeError(f"openssl could not write the legacy (RC2-40) keystore {system}-legacy.p12: "
+                           f"{' '.join(command[:4])} ... exited with {done.returncode}: "
+                           f"{(done.stderr or done.stdout).strip() or 'no output'}")
 
 
 def main() -> None:
