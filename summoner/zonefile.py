@@ -192,6 +192,7 @@ def parse_zone_text(text: str, origin: str, path: Path) -> Zone:
     last_owner: DNSLabel | None = None
     records: dict[str, list[RR]] = {}
     lines: dict[tuple[str, int], int] = {}
+    record_lines: dict[int, int] = {}  # id(rr): its line, for problems with one record of an RRset
     soa: RR | None = None
 
     def problem(line: int, message: str) -> None:
@@ -246,6 +247,7 @@ def parse_zone_text(text: str, origin: str, path: Path) -> Zone:
         if any(_same_rdata(rr, other) for other in existing):
             continue  # an identical RR is the same RR (RFC 2181 5): keep one
         existing.append(rr)
+        record_lines[id(rr)] = line
         lines.setdefault((key, rr.rtype), line)
 
     if soa is None and not problems:
@@ -255,7 +257,7 @@ def parse_zone_text(text: str, origin: str, path: Path) -> Zone:
         if QTYPE.CNAME in types:
             cnames = [rr for rr in rrs if rr.rtype == QTYPE.CNAME]
             if len(cnames) > 1:
-                problem(lines[(key, QTYPE.CNAME)], f"{key}. has more than one CNAME record")
+                problem(record_lines[id(cnames[1])], f"{key}. has more than one CNAME record")
             others = types - {QTYPE.CNAME, QTYPE.RRSIG, QTYPE.NSEC}
             if others:
                 other = min(lines[(key, t)] for t in others)
@@ -270,7 +272,7 @@ def parse_zone_text(text: str, origin: str, path: Path) -> Zone:
             if target == apex or target.endswith("." + apex):
                 target_types = {r.rtype for r in records.get(target, [])}
                 if not target_types & {QTYPE.A, QTYPE.AAAA}:
-                    problem(lines[(apex, QTYPE.NS)],
+                    problem(record_lines[id(rr)],
                             f"NS {target}. is inside the zone but has no address records (A or AAAA)")
     if problems:
         raise ZoneError(problems)
