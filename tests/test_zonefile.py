@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -40,41 +41,62 @@ def test_accepted_zones_are_accepted_by_named_checkzone(path: Path) -> None:
 @needs_named
 @pytest.mark.parametrize("path", BAD, ids=lambda p: p.name)
 def test_rejected_zones_are_rejected_by_both(path: Path) -> None:
+    """Where named-checkzone names the line, it is the line summoner names."""
     with pytest.raises(ZoneError) as caught:
         parse_zone_file(path)
     for problem in caught.value.problems:
         file_part, line, reason = problem.split(":", 2)
         assert file_part == str(path) and line.isdigit() and reason.strip()
     result = named_checkzone(path)
+    output = result.stdout + result.stderr
     warning = NAMED_WARNS_ONLY.get(path.stem)
     if warning:
-        assert warning in result.stdout + result.stderr
+        assert warning in output
     else:
-        assert result.returncode != 0, result.stdout
+        assert result.returncode != 0, output
+    named_lines = set(re.findall(rf"{re.escape(str(path))}:(\d+):", output))
+    assert named_lines <= {problem.split(":")[1] for problem in caught.value.problems}, output
 
 
-@pytest.mark.parametrize(("stem", "line", "words"), [
-    ("dup-soa", 5, "duplicate SOA"),
-    ("cname-and-data", 6, "CNAME and other data"),
+# Each bad zone's one problem, exactly as `summoner check` prints it.
+REJECTIONS = [
+    ("dup-soa", 5, "duplicate SOA record (the first is at line 2)"),
+    ("cname-and-data", 6, "CNAME and other data at www.cname-and-data. (RFC 1034 3.6.2)"),
     ("unknown-type", 5, "unknown record type FOO"),
-    ("bad-ttl", 5, "TTL"),
-    ("bad-ttl-unit", 5, "bad TTL"),
-    ("bad-address", 5, "invalid address"),
-    ("unbalanced", 5, "unbalanced"),
-    ("out-of-zone", 5, "outside the zone"),
-    # $TTL given: the missing SOA itself is what is reported
+    ("bad-ttl", 5, "TTL 99999999999 is above the maximum 2147483647"),
+    ("bad-ttl-unit", 5, "bad TTL '1x'"),
+    ("bad-address", 5, "A record has an invalid address '127.0.0'"),
+    ("unbalanced", 5, "unbalanced '(' (never closed)"),
+    ("out-of-zone", 5, "www.example.net. is outside the zone's origin out-of-zone."),
+    # $TTL given, NS and its address present: the missing SOA itself is what is reported
     ("no-soa", 1, "zone no-soa has no SOA record at its apex"),
-    ("no-apex-ns", 2, "zone no-apex-ns has no NS records at its apex"),
-    ("ns-without-address", 3, "NS ns2.ns-without-address. is inside the zone but has no address records"),
-    ("two-cnames", 5, "www.two-cnames. has more than one CNAME record"),
+    ("no-apex-ns", 2, "zone no-apex-ns has no NS records at its apex"),  # the SOA's line: the apex
+    ("ns-without-address", 4, "NS ns2.ns-without-address. is inside the zone but has no address records (A or AAAA)"),
+    ("two-cnames", 6, "www.two-cnames. has more than one CNAME record"),  # the second one, as named says
     ("unterminated", 5, "unterminated quoted string"),
-])
-def test_errors_name_the_line_and_the_reason(stem: str, line: int, words: str) -> None:
+    ("generic-length", 5, "generic rdata length 3 does not match 2 bytes"),
+]
+
+
+def test_every_bad_zone_has_its_expected_rejection() -> None:
+    assert sorted(stem for stem, _, _ in REJECTIONS) == sorted(path.stem for path in BAD)
+
+
+@pytest.mark.parametrize(("stem", "line", "reason"), REJECTIONS, ids=[r[0] for r in REJECTIONS])
+def test_errors_name_the_line_and_the_reason(stem: str, line: int, reason: str) -> None:
     path = ROOT / "tests" / "zones" / "bad" / f"{stem}.zone"
     with pytest.raises(ZoneError) as caught:
         parse_zone_file(path)
-    assert f"{path}:{line}: " in caught.value.problems[0]
-    assert words in caught.value.problems[0]
+    assert caught.value.problems == [f"{path}:{line}: {reason}"]
+
+
+@pytest.mark.parametrize(("stem", "line", "reason"), REJECTIONS, ids=[r[0] for r in REJECTIONS])
+def test_summoner_check_prints_the_rejection(stem: str, line: int, reason: str, tmp_path: Path) -> None:
+    shutil.copy(ROOT / "tests" / "zones" / "bad" / f"{stem}.zone", tmp_path)
+    result = subprocess.run([sys.executable, "-m", "summoner", "check", "--zones", str(tmp_path)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"{tmp_path / stem}.zone:{line}: {reason}"]
 
 
 def test_master_file_features() -> None:
@@ -142,16 +164,27 @@ def test_soa_serial_is_a_32_bit_number_not_a_ttl() -> None:
 
 
 def test_the_rfc_3597_generic_form_is_accepted_and_served(start_server, tmp_path: Path) -> None:
+    import dns.rcode
     import dns.rdatatype
     zones = tmp_path / "zones"
     zones.mkdir()
     (zones / "generic.test.zone").write_text(
         "$TTL 300\n@ IN SOA ns1 hostmaster ( 1 3600 600 604800 60 )\n  IN NS ns1\nns1 IN A 127.0.0.1\n"
-        "opaque IN TYPE65534 \\# 2 abcd\n")
+        "opaque IN TYPE65534 \\# 2 abcd\n"
+        "split  IN TYPE65534 \\# 3 ab cd ef\n")  # the hex may come in pieces (RFC 3597 5)
     zone = parse_zone_file(zones / "generic.test.zone")
     assert [rr.rtype for rr in zone.records["opaque.generic.test"]] == [65534]
+    if shutil.which("named-checkzone"):
+        result = named_checkzone(zones / "generic.test.zone")
+        assert result.returncode == 0, result.stdout + result.stderr
     server = start_server(zones, "--no-on-demand", copy_zones=False)
-    reply = server.query("opaque.generic.test", "TYPE65534")
-    [rrset] = reply.answer
-    assert rrset.rdtype == 65534 and rrset[0].to_wire() == bytes.fromhex("abcd")
-    assert dns.rdatatype.to_text(rrset.rdtype) == "TYPE65534"
+    for name, data, tcp in (("opaque", "abcd", False), ("opaque", "abcd", True), ("split", "abcdef", False)):
+        reply = server.query(f"{name}.generic.test", "TYPE65534", tcp=tcp)
+        assert reply.rcode() == dns.rcode.NOERROR
+        [rrset] = reply.answer
+        assert rrset.rdtype == 65534 and rrset.ttl == 300 and len(rrset) == 1
+        assert rrset[0].to_wire() == bytes.fromhex(data)
+        assert dns.rdatatype.to_text(rrset.rdtype) == "TYPE65534"
+    # the name has only that type: another type is NODATA, not the generic record
+    nodata = server.query("opaque.generic.test", "A")
+    assert nodata.rcode() == dns.rcode.NOERROR and not nodata.answer
