@@ -9,9 +9,12 @@ one query at a time over UDP:
                  by summoner's own Arrowhead client (Twisted Agent, keep-alive
                  pool) with the very request body the stage builds for that
                  name: the reference costs what summoner's call costs.
-Prints p50/p99 per kind and the overhead summoner adds to an uncached lookup
-(uncached p50 - double p50).  Targets: cached as fast as static, overhead
-<= 5 ms p50.
+Every DNS reply must be NOERROR with the expected address, and the double's
+own counter must show exactly one orchestration per uncached query and none
+for the static and cached ones (so "cached" really is a cache hit and
+"uncached" really is a call).  Prints the date and the load average, p50/p99
+per kind and the overhead summoner adds to an uncached lookup (uncached p50 -
+double p50).  Targets: cached as fast as static, overhead <= 5 ms p50.
 
     .venv/bin/python bench/arrowhead_lookup.py [-n 200]
 """
@@ -43,30 +46,46 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def ask(sock: socket.socket, address: tuple[str, int], name: str) -> float:
-    packet = DNSRecord.question(name, "A").pack()
+def ask(sock: socket.socket, address: tuple[str, int], name: str, expect: str) -> float:
+    """One query; its latency, or RuntimeError unless the reply is NOERROR with
+    an A record holding ``expect``."""
+    question = DNSRecord.question(name, "A")
     started = time.perf_counter()
-    sock.sendto(packet, address)
+    sock.sendto(question.pack(), address)
     reply = DNSRecord.parse(sock.recv(4096))
     elapsed = time.perf_counter() - started
-    if reply.header.rcode != 0 or not reply.rr:
-        raise RuntimeError(f"{name}: unexpected answer\n{reply}")
+    if (reply.header.id != question.header.id or reply.header.rcode != 0
+            or [str(rr.rdata) for rr in reply.rr if rr.rtype == 1] != [expect]):
+        raise RuntimeError(f"{name}: unexpected answer (expected A {expect})\n{reply}")
     return elapsed
 
 
-def direct_latencies(double: DoubleProcess, n: int) -> list[float]:
-    """The double asked directly, as summoner's stage asks it (same client, same body)."""
-    import argparse as _argparse
+def provider_address(index: int) -> str:
+    return f"10.0.{index // 250}.{index % 250 + 1}"
 
+
+def arrowhead_args(double: DoubleProcess) -> list[str]:
+    """The Arrowhead flags of the summoner under test; the direct reference
+    builds its client and stage from the very same flags."""
+    return ["--arrowhead-orchestrator", double.http, "--arrowhead-registry", double.http,
+            "--arrowhead-domain", "ah.test", "--arrowhead-ttl", "300"]
+
+
+def direct_latencies(double: DoubleProcess, n: int) -> list[float]:
+    """The double asked directly, as summoner's stage asks it: summoner's own
+    ArrowheadClient (Twisted Agent over a persistent HTTP/1.1 pool, which the
+    double's twisted.web keeps alive), built by summoner.arrowhead.build from
+    the same flags, and the body made by the stage's own _form for each name.
+    The publisher is built but never started, so nothing else is sent."""
     from twisted.internet import defer, reactor
 
     from summoner.arrowhead import add_cli_arguments, build, config_from_args
-    parser = _argparse.ArgumentParser()
+    parser = argparse.ArgumentParser()
     add_cli_arguments(parser)
-    config = config_from_args(parser.parse_args(["--arrowhead-orchestrator", double.http,
-                                                 "--arrowhead-domain", "ah.test", "--arrowhead-ttl", "300"]))
+    config = config_from_args(parser.parse_args(arrowhead_args(double)))
     arrowhead = build(config, lambda key: None, reactor)
     samples: list[float] = []
+    errors: list[BaseException] = []
 
     @defer.inlineCallbacks
     def run():
@@ -75,17 +94,21 @@ def direct_latencies(double: DoubleProcess, n: int) -> list[float]:
                 target = arrowhead.stage._target(f"svc{max(index, 0)}.ah.test")
                 form = arrowhead.stage._form(target)
                 started = time.perf_counter()
-                providers = yield arrowhead.client.orchestrate(form, 5.0)
+                providers = yield arrowhead.client.orchestrate(form, config.deadline)
                 if index >= 0:
                     samples.append(time.perf_counter() - started)
-                    if not providers:
-                        raise RuntimeError(f"svc{index}: the double found no provider")
+                if [p.address for p in providers] != [provider_address(max(index, 0))]:
+                    raise RuntimeError(f"svc{index}: unexpected providers {providers}")
+        except Exception as exc:  # re-raised below, outside the reactor
+            errors.append(exc)
         finally:
             reactor.stop()
     reactor.callWhenRunning(run)
     reactor.run()
+    if errors:
+        raise RuntimeError(f"direct orchestration call failed: {errors[0]!r}")
     if len(samples) != n:
-        raise RuntimeError("direct orchestration calls failed (see above)")
+        raise RuntimeError(f"{n - len(samples)} direct orchestration calls did not complete")
     return samples
 
 
@@ -98,15 +121,13 @@ def main() -> None:
     summoner = None
     try:
         for index in range(args.n):
-            double.register_provider(f"svc{index}", f"10.0.{index // 250}.{index % 250 + 1}", 8000 + index)
+            double.register_provider(f"svc{index}", provider_address(index), 8000 + index)
         double.register_provider("hot", "10.9.9.9", 80)
         port = free_port()
         shutil.copytree(ROOT / "zones", work / "zones")
         summoner = subprocess.Popen(
             [sys.executable, "-m", "summoner", "serve", "--listen", f"127.0.0.1:{port}", "--zones",
-             str(work / "zones"), "--no-metrics", "--log-level", "warn",
-             "--arrowhead-orchestrator", double.http, "--arrowhead-registry", double.http,
-             "--arrowhead-domain", "ah.test", "--arrowhead-ttl", "300"],
+             str(work / "zones"), "--no-metrics", "--log-level", "warn", *arrowhead_args(double)],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
         address = ("127.0.0.1", port)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -114,20 +135,33 @@ def main() -> None:
         deadline = time.monotonic() + 20
         while True:  # until summoner answers and its system is registered
             try:
-                ask(sock, address, "hot.ah.test")
+                ask(sock, address, "hot.ah.test", "10.9.9.9")
                 break
             except (OSError, RuntimeError):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+        static_address = "127.0.0.2"  # www.example.org in zones/example.org.zone
         for _ in range(50):  # warm-up
-            ask(sock, address, "www.example.org")
-            ask(sock, address, "hot.ah.test")
-        static = [ask(sock, address, "www.example.org") for _ in range(args.n)]
-        cached = [ask(sock, address, "hot.ah.test") for _ in range(args.n)]
-        uncached = [ask(sock, address, f"svc{index}.ah.test") for index in range(args.n)]
+            ask(sock, address, "www.example.org", static_address)
+            ask(sock, address, "hot.ah.test", "10.9.9.9")
+        orchestrations = [double.counters().get("orchestration", 0)]
+        static = [ask(sock, address, "www.example.org", static_address) for _ in range(args.n)]
+        cached = [ask(sock, address, "hot.ah.test", "10.9.9.9") for _ in range(args.n)]
+        orchestrations.append(double.counters().get("orchestration", 0))
+        uncached = [ask(sock, address, f"svc{index}.ah.test", provider_address(index)) for index in range(args.n)]
+        orchestrations.append(double.counters().get("orchestration", 0))
         direct = direct_latencies(double, args.n)
-        print(f"{'kind':<10} {'p50 ms':>8} {'p99 ms':>8}   (n={args.n} each, sequential, loopback UDP)")
+        orchestrations.append(double.counters().get("orchestration", 0))
+        calls = [after - before for before, after in zip(orchestrations, orchestrations[1:], strict=False)]
+        if calls != [0, args.n, args.n + 20]:
+            raise RuntimeError(f"orchestration calls seen by the double (static+cached, uncached, direct): {calls}, "
+                               f"expected [0, {args.n}, {args.n + 20}]")
+        print(f"measured {time.strftime('%Y-%m-%d %H:%M %Z')}, {os.cpu_count()} cores, load average "
+              + " / ".join(f"{load:.2f}" for load in os.getloadavg()))
+        print(f"{'kind':<10} {'p50 ms':>8} {'p99 ms':>8}   (n={args.n} each, sequential, loopback UDP; every reply "
+              f"NOERROR with the expected address; orchestrations seen by the double: 0 static+cached, "
+              f"{calls[1]} uncached, {calls[2]} direct incl. 20 warm-up)")
         for kind, samples in (("static", static), ("cached", cached), ("uncached", uncached), ("double", direct)):
             print(f"{kind:<10} {percentile(samples, 0.5) * 1000:8.3f} {percentile(samples, 0.99) * 1000:8.3f}")
         overhead = statistics.median(uncached) - statistics.median(direct)

@@ -12,14 +12,19 @@ In one run, on the same image (default ``hello``) and accelerator (TCG unless
       the A answer arrives (the answer goes out when the probe succeeds);
   (c) warm query latency p50/p99 (service running, answer from cache);
   (d) resume-from-suspend query-to-answer;
-  (e) where (b) went, from summoner's own boot-phase metric
-      (summoner_vm_boot_phase_seconds): libvirt's domain start, the guest's
-      start to its first good probe, and what is left, summoner's share;
-  (f) with --standby, the resident memory of the paused standby QEMU;
+  (e) where (b) went, per cold boot, from summoner's own "ready in" log line
+      (slot, libvirt's domain start -- createXML, or starting a standby's
+      vCPUs --, the guest's start to its first good probe) and what is left,
+      summoner's share ((b) minus those phases, DNS round trip included);
+      the means of summoner_vm_boot_phase_seconds are printed beside them;
+  (f) with --standby, the resident memory (VmRSS) of the paused standby QEMU
+      and the CPU it used over 5 s;
 
-and prints the overhead (b) - (a).  Every reply's rcode and address is
-checked; a wrong one fails the run rather than counting as latency.  Needs libvirtd (scripts/start-libvirt.sh)
-and built images (make images).  Bounded: --rounds boots of each kind.
+and prints the overhead (b) - (a), the date and the load average.  Every
+reply is checked (its id, NOERROR, the service's address); a failed one is
+counted and printed, never counted as latency, and makes the run exit 1.
+Needs libvirtd (scripts/start-libvirt.sh) and built images (make images).
+Bounded: --rounds boots of each kind, --warm-queries queries.
 
     .venv/bin/python bench/cold_start.py [--rounds 5] [--image hello]
 """
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -62,6 +68,7 @@ def raw_boot(manifest, accel: str) -> float:
 
 
 def dns_query(name: str, port: int, timeout: float = 30.0) -> tuple[float, bytes]:
+    """One A query over UDP; (seconds, reply), or (seconds, b"") on a timeout."""
     qid = os.getpid() & 0xFFFF
     packet = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
     packet += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
@@ -69,17 +76,62 @@ def dns_query(name: str, port: int, timeout: float = 30.0) -> tuple[float, bytes
         s.settimeout(timeout)
         start = time.perf_counter()
         s.sendto(packet, ("127.0.0.1", port))
-        reply = s.recv(4096)
+        try:
+            reply = s.recv(4096)
+        except TimeoutError:
+            reply = b""
         return time.perf_counter() - start, reply
 
 
 def rcode(reply: bytes) -> int:
-    return reply[3] & 0x0F
+    return reply[3] & 0x0F if len(reply) >= 4 else -1
 
 
 def answers_address(reply: bytes) -> bool:
-    """NOERROR with our A record (its 4 address bytes end the packet)."""
-    return rcode(reply) == 0 and struct.unpack(">H", reply[6:8])[0] >= 1 and reply[-4:] == socket.inet_aton(ADDRESS)
+    """A response to our query (id, QR bit), NOERROR, with our A record (its 4
+    address bytes end the packet)."""
+    return (len(reply) >= 12 and struct.unpack(">H", reply[:2])[0] == os.getpid() & 0xFFFF and reply[2] & 0x80
+            and rcode(reply) == 0 and struct.unpack(">H", reply[6:8])[0] >= 1
+            and reply[-4:] == socket.inet_aton(ADDRESS))
+
+
+class Checked:
+    """Latencies of the replies that were right, and a count of the others."""
+
+    def __init__(self) -> None:
+        self.ok: dict[str, list[float]] = {}
+        self.failed: dict[str, list[str]] = {}
+
+    def query(self, kind: str, name: str, port: int, timeout: float = 30.0) -> bool:
+        elapsed, reply = dns_query(name, port, timeout)
+        if answers_address(reply):
+            self.ok.setdefault(kind, []).append(elapsed)
+            return True
+        why = "no reply (timeout)" if not reply else f"rcode {rcode(reply)}, {len(reply)} bytes"
+        self.failed.setdefault(kind, []).append(why)
+        return False
+
+    def summary(self) -> str:
+        kinds = sorted(set(self.ok) | set(self.failed))
+        return ", ".join(f"{kind} {len(self.ok.get(kind, [])) + len(self.failed.get(kind, []))} checked / "
+                         f"{len(self.failed.get(kind, []))} failed" for kind in kinds)
+
+
+READY = re.compile(r": ready in (\d+) ms \(([^;]*);")
+
+
+def ready_phases(log_path: Path) -> list[dict[str, float]]:
+    """Phases of every boot, in order, from summoner's "ready in" log lines
+    (``ready in 812 ms (slot 0 ms, libvirt 412 ms, guest 380 ms; ...``)."""
+    boots = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        if match := READY.search(line):
+            phases = {"total": float(match[1]) / 1000}
+            for part in match[2].split(","):
+                phase, value, _unit = part.split()
+                phases[phase] = float(value) / 1000
+            boots.append(phases)
+    return boots
 
 
 def phase_means(metrics_port: int) -> dict[str, float]:
@@ -97,15 +149,23 @@ def phase_means(metrics_port: int) -> dict[str, float]:
     return {phase: sums[phase] / counts[phase] for phase in sums if counts.get(phase)}
 
 
-def standby_rss_mib(domain: str) -> float | None:
-    """VmRSS of the QEMU process running ``domain`` (libvirt names it guest=...)."""
+def qemu_pid(domain: str) -> int | None:
+    """The QEMU process running ``domain`` (libvirt names it guest=DOMAIN,...)."""
     found = subprocess.run(["pgrep", "-f", f"guest={domain},"], capture_output=True, text=True).stdout.split()
-    if not found:
-        return None
-    for line in Path(f"/proc/{found[0]}/status").read_text().splitlines():
+    return int(found[0]) if len(found) == 1 else None
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
-    return None
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of every thread of ``pid`` (fields 14 and 15 of /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def admin(port: int, path: str, method: str = "GET"):
@@ -157,17 +217,19 @@ def main() -> int:
         "$ORIGIN bench.test.\n$TTL 300\n@ IN SOA ns1 hostmaster 1 3600 600 86400 60\n  IN NS ns1\n"
         f"ns1 IN A 127.0.0.1\nsvc IN A {ADDRESS}\n_summoner.svc IN TXT \"image={args.image}\"\n")
     dns_port, metrics_port, admin_port = free_port(), free_port(), free_port()
-    log = open(work / "summoner.log", "wb")
+    log_path = work / "summoner.log"
+    log = open(log_path, "wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "summoner", "serve", "--listen", f"127.0.0.1:{dns_port}", "--zones",
          str(work / "zones"), "--metrics", f"127.0.0.1:{metrics_port}", "--admin", f"127.0.0.1:{admin_port}",
-         "--virt-type", args.virt_type, "--images", str(ROOT / "images"), "--log-level", "warn",
+         "--virt-type", args.virt_type, "--images", str(ROOT / "images"), "--log-level", "info",
          *(["--standby"] if args.standby else [])],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     name = "svc.bench.test"
-    cold: list[float] = []
-    resume: list[float] = []
-    warm: list[float] = []
+    checked = Checked()
+    boots: list[dict[str, float]] = []  # phases of each successful cold boot, beside its (b)
+    cold_paired: list[float] = []
+    rss = cpu = None
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -182,29 +244,31 @@ def main() -> int:
         for _ in range(args.rounds):
             wait_state(admin_port, name, "stopped", standby=args.standby)
             time.sleep(0.3)  # let the previous QEMU exit fully (it competes for CPU)
-            elapsed, reply = dns_query(name, dns_port)
-            assert answers_address(reply), f"cold query failed (rcode {rcode(reply)}), see {work}/summoner.log"
-            cold.append(elapsed)
+            seen = len(ready_phases(log_path))
+            if checked.query("cold", name, dns_port):
+                # summoner logs "ready in" before it sends the answer (stderr is line-buffered)
+                ready = ready_phases(log_path)
+                if len(ready) == seen + 1:
+                    boots.append(ready[-1])
+                    cold_paired.append(checked.ok["cold"][-1])
             admin(admin_port, f"/services/{name}/stop?mode=destroy", "POST")
         phases = phase_means(metrics_port)
         if args.standby:
             wait_state(admin_port, name, "stopped", standby=True)
-            rss = standby_rss_mib(f"summoner-{name}")
-        elapsed, reply = dns_query(name, dns_port)  # boot once more for warm and resume
-        bad = 0
+            time.sleep(1.0)  # the paused QEMU settles
+            pid = qemu_pid(f"summoner-{name}")
+            if pid is not None:
+                rss = rss_mib(pid)
+                before = cpu_seconds(pid)
+                time.sleep(5.0)
+                cpu = (cpu_seconds(pid) - before) / 5.0
+        checked.query("boot for warm", name, dns_port)  # boot once more for warm and resume
         for _ in range(args.warm_queries):
-            elapsed, reply = dns_query(name, dns_port)
-            if answers_address(reply):
-                warm.append(elapsed)
-            else:
-                bad += 1
-        assert not bad, f"{bad} of {args.warm_queries} warm replies were not the service's address"
+            checked.query("warm", name, dns_port, timeout=2.0)
         for _ in range(args.rounds):
             admin(admin_port, f"/services/{name}/stop?mode=suspend", "POST")
             wait_state(admin_port, name, "suspended")
-            elapsed, reply = dns_query(name, dns_port)
-            assert answers_address(reply), f"resume query failed (rcode {rcode(reply)})"
-            resume.append(elapsed)
+            checked.query("resume", name, dns_port)
         admin(admin_port, f"/services/{name}/stop?mode=destroy", "POST")
     finally:
         server.terminate()
@@ -212,25 +276,45 @@ def main() -> int:
         log.close()
         subprocess.run(["virsh", "-c", "qemu:///system", "destroy", f"summoner-{name}"], capture_output=True)
 
+    cold, warm, resume = (checked.ok.get(kind, []) for kind in ("cold", "warm", "resume"))
     ms = lambda v: f"{v * 1000:8.1f} ms"  # noqa: E731
+    spread = lambda v: f"median {ms(statistics.median(v))}  min {ms(min(v))}  max {ms(max(v))}"  # noqa: E731
+    print(f"measured {time.strftime('%Y-%m-%d %H:%M %Z')}, {os.cpu_count()} cores, load average "
+          + " / ".join(f"{load:.2f}" for load in os.getloadavg()))
     print(f"image {args.image}, accelerator {accel}, {args.rounds} rounds, machine {manifest.boot.machine}"
           f"{', summoner --standby' if args.standby else ''}")
-    print(f"(a) raw QEMU boot to first HTTP 200   median {ms(statistics.median(raw))}  "
-          f"min {ms(min(raw))}  max {ms(max(raw))}")
-    print(f"(b) summoner cold query to answer     median {ms(statistics.median(cold))}  "
-          f"min {ms(min(cold))}  max {ms(max(cold))}")
-    print(f"(c) warm query latency ({len(warm)} queries)  p50 {pct(warm, 0.5) * 1e6:.0f} us  "
-          f"p99 {pct(warm, 0.99) * 1e6:.0f} us")
-    print(f"(d) resume from suspend to answer     median {ms(statistics.median(resume))}  "
-          f"max {ms(max(resume))}")
-    libvirt, guest = phases.get("libvirt", 0.0), phases.get("guest", 0.0)
-    print(f"(e) phases of (b), means: slot {ms(phases.get('slot', 0.0))}, libvirt domain start {ms(libvirt)}, "
-          f"guest start to first good probe {ms(guest)}; summoner's own share "
-          f"(mean of (b) - libvirt - guest) {ms(statistics.mean(cold) - libvirt - guest)}")
+    print(f"replies: {checked.summary()}")
+    for kind, whys in checked.failed.items():
+        print(f"  failed {kind}: {'; '.join(whys[:5])}{' ...' if len(whys) > 5 else ''}  (log: {log_path})")
+    print(f"(a) raw QEMU boot to first HTTP 200   {spread(raw)}")
+    if cold:
+        print(f"(b) summoner cold query to answer     {spread(cold)}")
+    if warm:
+        print(f"(c) warm query latency ({len(warm)} good replies)  p50 {pct(warm, 0.5) * 1e6:.0f} us  "
+              f"p99 {pct(warm, 0.99) * 1e6:.0f} us")
+    if resume:
+        print(f"(d) resume from suspend to answer     median {ms(statistics.median(resume))}  "
+              f"max {ms(max(resume))}")
+    if boots:
+        print(f"(e) phases of (b), per cold boot from the 'ready in' lines ({len(boots)} boots):")
+        share = [b - sum(p.get(k, 0.0) for k in ("slot", "libvirt", "guest")) for b, p in zip(cold_paired, boots,
+                                                                                          strict=True)]
+        for label, values in (("slot", [p.get("slot", 0.0) for p in boots]),
+                              ("libvirt domain start", [p.get("libvirt", 0.0) for p in boots]),
+                              ("guest start to first good probe", [p.get("guest", 0.0) for p in boots]),
+                              ("summoner's share ((b) - phases)", share)):
+            print(f"    {label:<33} {spread(values)}")
+        print("    means from summoner_vm_boot_phase_seconds: "
+              + ", ".join(f"{phase} {ms(value).strip()}" for phase, value in sorted(phases.items())))
     if args.standby:
-        print("(f) resident memory of one paused standby QEMU: "
-              + (f"{rss:.1f} MiB" if rss is not None else "not found"))
-    print(f"overhead (b) - (a), medians: {(statistics.median(cold) - statistics.median(raw)) * 1000:.0f} ms")
+        print("(f) one paused standby QEMU: "
+              + (f"VmRSS {rss:.1f} MiB, CPU over 5 s {cpu * 100:.2f} % of a core" if rss is not None
+                 else "process not found"))
+    if cold:
+        print(f"overhead (b) - (a), medians: {(statistics.median(cold) - statistics.median(raw)) * 1000:.0f} ms")
+    if checked.failed:
+        print(f"FAILED: {sum(map(len, checked.failed.values()))} replies were not the service's address")
+        return 1
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

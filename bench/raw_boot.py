@@ -3,7 +3,8 @@
 
 Starts the image N times with the flags summoner uses (summoner.rawqemu),
 polls GET <probe path> every 10 ms and prints the time from exec to the
-first expected status, then min/median/max.  This is the floor for
+first expected status, then min/median/max, the sizes of the kernel and
+initrd it booted, the date and the load average.  This is the floor for
 summoner's cold-start latency; the rest is libvirt and DNS.
 
     .venv/bin/python bench/raw_boot.py hello tasks -n 5
@@ -13,9 +14,11 @@ summoner's cold-start latency; the rest is libvirt and DNS.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -65,6 +68,12 @@ def main() -> int:
         if times:
             print(f"{manifest.name} ({manifest.boot.machine}): n={len(times)} min {min(times) * 1000:.0f} ms, "
                   f"median {statistics.median(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms")
+        sizes = [f"{what} {path.stat().st_size / 1e6:.2f} MB ({path.stat().st_size} bytes)"
+                 for what, path in (("kernel", manifest.boot.kernel), ("initrd", manifest.boot.initrd),
+                                    ("disk", manifest.boot.disk)) if path is not None]
+        print(f"{manifest.name}: {', '.join(sizes)}")
+    print(f"measured {time.strftime('%Y-%m-%d %H:%M %Z')}, {os.cpu_count()} cores, load average "
+          + " / ".join(f"{load:.2f}" for load in os.getloadavg()))
     return 1 if failed else 0
 
 
