@@ -68,9 +68,9 @@ class AnswerSource(Protocol):
 
 
 def wire_name(key: str) -> bytes:
-    """``www.example.org`` → its wire form, lower-cased (``""``: the root)."""
-    labels = DNSLabel(key).label if key else ()
-    return b"".join(bytes([len(label)]) + label.lower() for label in labels) + b"\0"
+    """``www.example.org`` → its wire form, lower-cased (``""``: the root).
+    Length bytes are below 64, so lower-casing touches only the labels."""
+    return wire_name_of(DNSLabel(key)).lower()
 
 
 def encode(name: DNSLabel, qtype: int, answer: Answer, replayable: bool = False) -> Fragment:
