@@ -54,7 +54,7 @@ class App:
         self.ondemand = None
         if ondemand is not None:
             from summoner.vm.app import OnDemand
-            self.ondemand = OnDemand(ondemand, reactor, self.clear_answers)
+            self.ondemand = OnDemand(ondemand, reactor)
             stages.append(self.ondemand.stage)
             self.zone_hooks.append(self._take_on_demand_hosts)
         self.arrowhead = None

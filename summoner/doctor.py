@@ -289,7 +289,8 @@ async def _domain_start(plan: Plan, backend: Any, virt: str) -> Finding:
     name = f"{plan.config.domain_prefix}doctor-{os.getpid()}"
     started = time.monotonic()
     try:
-        uuid = await backend.create(empty_domain_xml(name, virt, plan.config.machine), autodestroy=True, paused=True)
+        uuid = await backend.create(name, empty_domain_xml(name, virt, plan.config.machine), autodestroy=True,
+                                    paused=True)
     except BackendError as exc:
         return Finding("domain-start", Level.FAIL, f"libvirt cannot start a {virt} domain: {exc}",
                        "see /var/log/libvirt/qemu/" + name + ".log")

@@ -1,43 +1,55 @@
-"""One entry point for the server: ``build(config, reactor, invalidate_cache)``.
+"""The on-demand part as the server sees it: ``OnDemand``.
 
-The server calls, in order::
+The server (``summoner.app``) calls, in order::
 
-    ondemand = build(config, reactor, responder.invalidate)
+    ondemand = OnDemand(config, reactor)
     zones, hosts = ondemand.split(zones)      # before handing zones to the static stage
     ondemand.update_hosts(hosts)
     chain = Chain([static_stage, ondemand.stage, arrowhead, ...])
-    yield ondemand.start()                    # connect to libvirt, adopt running VMs
-    ondemand.listen_admin()                   # or mount ondemand.admin_resource() itself
+    ondemand.start()                          # connect to libvirt, adopt running VMs
     ...
     on zone reload:  zones, hosts = ondemand.split(zones); ondemand.update_hosts(hosts)
     on shutdown:     yield ondemand.stop()    # VMs keep running; the next start adopts them
+
+Operators' actions (the admin endpoint, ``summoner services``) go through
+``status``, ``find``, ``summon`` and ``stop_service``.
+
+Tests: tests/vm/test_app.py
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from summoner import admin
+from summoner.images import ImageManifest, discover_images
 from summoner.metrics import QuietSite
+from summoner.resolution import name_key
+from summoner.vm.backend import Backend
 from summoner.vm.config import OnDemandConfig
+from summoner.vm.fleet import Fleet
 from summoner.vm.hosts import OnDemandHost, split_on_demand
-from summoner.vm.libvirt_backend import BackendError, LibvirtBackend
+from summoner.vm.lifecycle import State
 from summoner.vm.reaper import Reaper
-from summoner.vm.service import Fleet, State
+from summoner.vm.spec import missing_artifacts
 from summoner.vm.stage import OnDemandStage
+from summoner.zonefile import Zone
 
 log = Logger(namespace="summoner.vm")
 
 
-def discover(images_dirs: Iterable[Any]) -> dict[str, Any]:
+def discover(images_dirs: Iterable[Path]) -> dict[str, ImageManifest]:
     """Images by name from every directory (the first directory wins a name)."""
-    from summoner.images import discover_images
-    found: dict[str, Any] = {}
+    found: dict[str, ImageManifest] = {}
     for directory in images_dirs:
         for name, manifest in discover_images(directory).items():
             found.setdefault(name, manifest)
@@ -45,18 +57,21 @@ def discover(images_dirs: Iterable[Any]) -> dict[str, Any]:
 
 
 class OnDemand:
-    def __init__(self, config: OnDemandConfig, reactor: Any, invalidate_cache: Callable[[], None],
-                 backend: LibvirtBackend | None = None,
-                 images: dict[str, Any] | None = None) -> None:
+    def __init__(self, config: OnDemandConfig, reactor: IReactorTime, backend: Backend | None = None,
+                 images: dict[str, ImageManifest] | None = None) -> None:
         self.config = config
         self.reactor = reactor
-        self.backend = backend or LibvirtBackend(config.libvirt_uri, reactor)
-        self.fleet = Fleet(config, reactor, self.backend, invalidate_cache)
-        self.backend.on_event = self.fleet.on_event
+        if backend is None:
+            from summoner.vm.libvirt_backend import LibvirtBackend
+            backend = LibvirtBackend(config.libvirt_uri, reactor)
+        self.backend = backend
+        self.fleet = Fleet(config, reactor, self.backend)
+        self.backend.on_event = self.fleet.events.on_event
         self.backend.on_connected = self._connected
         self.stage = OnDemandStage(self.fleet)
-        self.reaper = Reaper(self.fleet, reactor, config.reap_interval)
-        self.images: dict[str, Any] = images if images is not None else {}
+        self.reaper = Reaper(reactor, self.backend, self.fleet.ready_services, self.fleet.stop_service,
+                             config.network, config.reap_interval)
+        self.images: dict[str, ImageManifest] = images if images is not None else {}
         self._fixed_images = images is not None
         self._started = False
         self._admin_port: Any = None
@@ -66,12 +81,12 @@ class OnDemand:
 
     # -- zones -------------------------------------------------------------------
 
-    def load_images(self) -> dict[str, Any]:
+    def load_images(self) -> dict[str, ImageManifest]:
         if not self._fixed_images:
             self.images = discover(self.config.images)
         return self.images
 
-    def split(self, zones: Iterable[Any]) -> tuple[list[Any], list[OnDemandHost]]:
+    def split(self, zones: Iterable[Zone]) -> tuple[list[Zone], list[OnDemandHost]]:
         """``split_on_demand`` with this server's images and network mode
         (images are re-read, so a zone reload also picks up rebuilt images)."""
         return split_on_demand(zones, self.load_images(), self.config.network)
@@ -82,23 +97,20 @@ class OnDemand:
         for callback in self.on_hosts_changed:
             callback(self.published_hosts())
         if self._started and self.backend.connected:
-            self.fleet.reconcile().addCallback(lambda _: self.fleet.prepare_all_standby())
+            self.fleet.reconcile()
 
     def published_hosts(self) -> list[OnDemandHost]:
         """The hosts with their effective service port (zone or image)."""
-        import dataclasses
         return [dataclasses.replace(s.host, port=s.spec.port) for s in self.fleet.services.values()]
 
     # -- lifecycle ---------------------------------------------------------------
 
-    def start(self) -> defer.Deferred:
+    def start(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._start())
 
-    def check_host(self) -> defer.Deferred:
+    def check_host(self) -> defer.Deferred[None]:
         """``summoner doctor``'s quick checks, logged as warnings (start-up
         goes on: DNS matters more, and TCG works without KVM)."""
-        from twisted.internet import threads
-
         from summoner import doctor
         plan = doctor.Plan(self.config, zones=None, specs=[s.spec for s in self.fleet.services.values()])
 
@@ -109,7 +121,7 @@ class OnDemand:
             if not bad:
                 log.info("host checks: all {n} ok", n=len(findings))
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             log.failure("host checks failed", failure)
         return threads.deferToThread(doctor.host_checks, plan).addCallbacks(report, failed)
 
@@ -117,54 +129,28 @@ class OnDemand:
         self.check_host()
         # Boots wait until running VMs are adopted (a boot would otherwise
         # collide with a VM that is already there) and the virt type is known.
-        ready: defer.Deferred = defer.Deferred()
-        self.fleet.virt_decided = ready
+        virt = self.fleet.virt
+        hold = virt.hold()
         try:
-            connected = await self.backend.start()
-            if connected:
-                await self.fleet.reconcile()
-                await self._resolve_virt_type()
-            elif self.config.virt_type == "auto":
-                self.fleet.virt_type = "qemu"
-                log.warn("virt type auto: libvirt unreachable at start, cannot check KVM; using TCG")
+            if await self.backend.start():
+                await self.fleet.reconciler.reconcile()
+                await virt.decide([s.spec for s in self.fleet.services.values() if not missing_artifacts(s.spec)])
+            else:
+                virt.not_checkable()
         finally:
-            ready.callback(None)
+            hold.callback(None)
         self._started = True
         self.reaper.start()
         self.fleet.prepare_all_standby()
 
-    async def _resolve_virt_type(self) -> None:
-        if self.config.virt_type != "auto":
-            self.fleet.virt_type = self.config.virt_type
-            return
-        try:
-            ok, why = await self.backend.kvm_usable()
-        except BackendError as exc:  # libvirtd went away mid-start: decide, don't abort start-up
-            ok, why = False, f"libvirt: {exc}"
-        if not ok:
-            self.fleet.virt_type = "qemu"
-            log.warn("virt type auto: KVM unavailable ({why}); using TCG (virt type qemu)", why=why)
-            return
-        from summoner.vm.spec import missing_artifacts
-        specs = [s.spec for s in self.fleet.services.values() if not missing_artifacts(s.spec)]
-        if not specs:
-            # Nothing to test-boot yet: the first boot runs the check.
-            self.fleet.kvm_check_pending = True
-            log.info("virt type auto: no built image yet; the first boot checks KVM")
-            return
-        await self.fleet.decide_kvm(min(specs, key=lambda s: s.memory_mib))
-
     def _connected(self) -> None:
         if self._started:
-            self.fleet.reconcile().addCallback(lambda _: self.fleet.prepare_all_standby())
+            self.fleet.reconcile()
 
-    def stop(self) -> defer.Deferred:
+    def stop(self) -> defer.Deferred[object]:
         """Stop watching; leave VMs running for the next start to adopt."""
         self.reaper.stop()
-        for svc in self.fleet.services.values():
-            if svc.probe is not None:
-                svc.probe.cancel("summoner stopping")
-            self.fleet._finish(svc, False, "summoner stopping")
+        self.fleet.shut_out("summoner stopping")
         ds = [self.backend.stop()]
         if self._admin_port is not None:
             ds.append(defer.maybeDeferred(self._admin_port.stopListening))
@@ -174,10 +160,10 @@ class OnDemand:
     # -- operator actions (admin endpoint) ----------------------------------------
 
     def status(self) -> list[dict[str, Any]]:
-        return self.fleet.status()
+        return [dataclasses.asdict(row) for row in self.fleet.status()]
 
     def find(self, name: str) -> str | None:
-        key = name.rstrip(".").lower()
+        key = name_key(name)
         if key in self.fleet.services:
             return key
         matches = [n for n in self.fleet.services if n.split(".", 1)[0] == key]
@@ -199,7 +185,7 @@ class OnDemand:
 
     def _result(self, name: str, ok: bool, error: str | None = None) -> dict[str, Any]:
         svc = self.fleet.services.get(name)
-        row = next((r for r in self.fleet.status() if r["name"] == name), {})
+        row = next((r for r in self.status() if r["name"] == name), {})
         return {"ok": ok, "name": name, "state": row.get("state"),
                 "error": error or (svc.last_error if svc and not ok else None), "service": row}
 
@@ -222,6 +208,3 @@ class OnDemand:
         log.info("admin endpoint on http://{host}:{port}/services", host=host, port=port)
         return self._admin_port
 
-
-def build(config: OnDemandConfig, reactor: Any, invalidate_cache: Callable[[], None]) -> OnDemand:
-    return OnDemand(config, reactor, invalidate_cache)

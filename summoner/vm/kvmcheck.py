@@ -98,12 +98,12 @@ class KvmBootCheck:
         xml = domain_xml(check, "kvm", NetworkSettings("user"), spec.machine, host_port=port)
         try:
             await self._destroy()
-            await self.backend.create(xml, autodestroy=True)
+            await self.backend.create(self.domain_name, xml, autodestroy=True)
         except BackendError as exc:
             return KvmVerdict(False, f"libvirt: {exc}", conclusive=False)
         probe = Probe(self.reactor, "127.0.0.1", port, spec.probe_path, expect_status=spec.expect_status,
                       interval=spec.probe_interval, request_timeout=spec.request_timeout,
-                      deadline=self.reactor.seconds() + timeout, kind=spec.probe_kind)
+                      deadline=self.reactor.seconds() + timeout)
         self._probe = probe
         try:
             await probe.run()

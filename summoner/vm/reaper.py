@@ -7,27 +7,43 @@ last query (Jitsu counted DNS only, and reaped VMs that were in use).  Traffic
 is read from libvirt interface counters (bridge mode) or, in user mode, from
 QEMU's connection table and the host's TCP sockets at the forwarded address
 (slirp forgets a finished connection at once; the host keeps it in TIME_WAIT),
-in one batched call on the libvirt worker thread per tick.
+in one batched call on the libvirt worker thread per tick
+(``summoner.vm.traffic`` decides what counts as use).
+
+The reaper reads through a narrow view: the ready services, the backend's
+traffic tokens, and a stop function; it keeps its own last look per domain.
+
+Tests: tests/vm/test_reaper.py
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from summoner.vm.libvirt_backend import BackendError
-from summoner.vm.service import Fleet, State
+from summoner.vm.backend import Backend, BackendError, TrafficToken
+from summoner.vm.lifecycle import Service, State
+from summoner.vm.traffic import traffic_seen
 
 log = Logger(namespace="summoner.vm.reaper")
 
 
 class Reaper:
-    def __init__(self, fleet: Fleet, reactor: Any, interval: float = 1.0) -> None:
-        self.fleet = fleet
+    def __init__(self, reactor: IReactorTime, backend: Backend, ready: Callable[[], list[Service]],
+                 stop: Callable[[Service, str], defer.Deferred[bool]], network_mode: str,
+                 interval: float = 1.0) -> None:
         self.reactor = reactor
+        self.backend = backend
         self.interval = interval
+        self._ready = ready
+        self._stop = stop
+        self._mode = network_mode
+        # (domain, instance UUID) → its last traffic token: a re-booted VM starts afresh
+        self._looks: dict[tuple[str, str | None], TrafficToken] = {}
         self._loop = task.LoopingCall(self.tick)
         self._loop.clock = reactor
         self._busy = False
@@ -41,62 +57,47 @@ class Reaper:
         if self._loop.running:
             self._loop.stop()
 
-    def tick(self) -> defer.Deferred | None:
-        if self._busy or not self.fleet.backend.connected:
+    def tick(self) -> defer.Deferred[list[str] | None] | None:
+        if self._busy or not self.backend.connected:
             return None  # a slow tick must not pile up behind itself
-        ready = [s for s in self.fleet.services.values() if s.state is State.READY]
+        ready = self._ready()
         if not ready:
+            self._looks.clear()
             return None
         self._busy = True
         d = defer.Deferred.fromCoroutine(self._tick(ready))
 
-        def done(result: Any) -> Any:
+        def done(result: list[str] | None) -> list[str] | None:
             self._busy = False
             return result
-        # A failed tick is logged and the next one runs: a LoopingCall whose
-        # call fails stops for good, and then no VM would ever be reaped.
-        d.addErrback(lambda failure: log.failure("reaper tick failed", failure))
-        return d.addBoth(done)
 
-    async def _tick(self, ready: list) -> list[str]:
-        mode = self.fleet.config.network
+        def failed(failure: Failure) -> None:
+            # A failed tick is logged and the next one runs: a LoopingCall
+            # whose call fails stops for good, and then no VM would be reaped.
+            log.failure("reaper tick failed", failure)
+        return d.addErrback(failed).addBoth(done)
+
+    async def _tick(self, ready: list[Service]) -> list[str]:
         try:
-            tokens = await self.fleet.backend.traffic({s.spec.domain_name: mode for s in ready})
+            tokens = await self.backend.traffic({s.spec.domain_name: self._mode for s in ready})
         except BackendError as exc:
             log.debug("traffic counters unavailable: {err}", err=exc)
             tokens = {}
+        instances = {(s.spec.domain_name, s.domain_uuid) for s in ready}
+        self._looks = {key: token for key, token in self._looks.items() if key in instances}
         now = self.reactor.seconds()
         reaped = []
         for svc in ready:
             if svc.state is not State.READY:
                 continue  # changed while we were reading counters
+            instance = (svc.spec.domain_name, svc.domain_uuid)
             token = tokens.get(svc.spec.domain_name)
             if token is not None:
-                if traffic_seen(mode, svc.traffic_token, token):
-                    svc.last_activity = now
-                svc.traffic_token = token
-            idle = now - svc.last_used()
-            if idle >= svc.spec.idle_timeout:
+                if traffic_seen(self._mode, self._looks.get(instance), token):
+                    svc.saw_traffic()
+                self._looks[instance] = token
+            if now - svc.last_used() >= svc.spec.idle_timeout:
                 reaped.append(svc.name)
-                self.fleet.stop_service(svc, "idle").addErrback(
+                self._stop(svc, "idle").addErrback(
                     lambda failure, name=svc.name: log.failure("{service}: idle stop failed", failure, service=name))
         return reaped
-
-
-# slirp keeps closed connections in its table for a while; they are not use.
-_CLOSING = ("TCP[TIME_WAIT]", "TCP[CLOSED]", "TCP[CLOSING]", "TCP[LAST_ACK]", "TCP[FIN_WAIT_2]")
-
-
-def traffic_seen(mode: str, before: Any, now: Any) -> bool:
-    """Whether two activity tokens (see ``LibvirtBackend.traffic``) show use.
-
-    bridge: the interface counters moved.  user: a connection is open (an
-    idle but open connection is a client still using the service), or one
-    appeared since the last look (it may have come and gone in between).
-    """
-    if before is None:
-        return False  # first look: nothing to compare with
-    if mode != "user":
-        return now != before
-    rows = set(now)
-    return any(not row.startswith(_CLOSING) for row in rows) or bool(rows - set(before))

@@ -2,7 +2,10 @@
 server's settings, folded into one flat, immutable value.
 
 This is the only module that reads image manifests, so the rest of the code
-does not depend on the manifest's layout.
+does not depend on the manifest's layout.  Precedence: the zone's per-host
+value, then the server's flag, then the image's manifest.
+
+Tests: tests/vm/test_spec.py
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from summoner.images import ImageManifest
 from summoner.vm.config import OnDemandConfig
 from summoner.vm.hosts import OnDemandHost
 
@@ -32,7 +35,6 @@ class VMSpec:
     address: str
     port: int
     probe_path: str
-    probe_kind: str          # "http" (status line) or "tcp" (connection held open by the guest)
     expect_status: int
     probe_interval: float    # seconds between probe attempts
     request_timeout: float   # seconds per probe attempt
@@ -44,76 +46,44 @@ class VMSpec:
     machine: str = "pc"
 
 
-def _get(obj: Any, name: str, default: Any = None) -> Any:
-    return getattr(obj, name, default) if obj is not None else default
-
-
-def _resolve(path: Any, base: Path | None) -> Path | None:
-    if path in (None, ""):
-        return None
-    p = Path(path)
-    if not p.is_absolute() and base is not None:
-        p = base / p
-    return p.resolve()
-
-
-def manifest_dir(manifest: Any) -> Path | None:
-    for attr in ("directory", "dir", "root", "base_dir"):
-        value = getattr(manifest, attr, None)
-        if value:
-            return Path(value)
-    path = getattr(manifest, "path", None)
-    return Path(path).parent if path else None
-
-
 def domain_name_for(config: OnDemandConfig, service: str) -> str:
     return config.domain_prefix + service
 
 
-def build_spec(host: OnDemandHost, manifest: Any, config: OnDemandConfig) -> VMSpec:
-    base = manifest_dir(manifest)
-    boot, res, svc = _get(manifest, "boot"), _get(manifest, "resources"), _get(manifest, "service")
-    probe, reap = _get(manifest, "probe"), _get(manifest, "reap")
-    port = host.port or int(_get(svc, "port", 8080))
-    memory = host.memory_mib or int(_get(res, "memory_mib", 64))
-    vcpus = host.vcpus or int(_get(res, "vcpus", 1))
-    probe_path = host.probe_path or _get(probe, "path", "/")
-    image_hash = ""
-    if hasattr(manifest, "config_hash"):
-        image_hash = manifest.config_hash()
-    stop_mode = host.stop or config.stop_mode or _get(reap, "stop_mode", "destroy")
-    boot_timeout = host.boot_timeout or config.boot_timeout or float(_get(probe, "boot_timeout_s", 10))
-    idle = host.idle if host.idle is not None else (
-        config.idle_timeout if config.idle_timeout is not None else float(_get(reap, "idle_timeout_s", 300)))
-    kind = _get(boot, "kind", "kernel")
+def _first(*values: float | None) -> float:
+    """The first value that is set: zone, then server flag, then image."""
+    return float(next(v for v in values if v is not None))
+
+
+def build_spec(host: OnDemandHost, manifest: ImageManifest, config: OnDemandConfig) -> VMSpec:
+    boot, probe, reap = manifest.boot, manifest.probe, manifest.reap
     digest = hashlib.sha256("\0".join([
-        image_hash, host.fingerprint(), config.network, config.bridge,
+        manifest.config_hash(), host.fingerprint(), config.network, config.bridge,
     ]).encode()).hexdigest()[:16]
     return VMSpec(
         service=host.name,
         domain_name=domain_name_for(config, host.name),
         image=host.image,
-        boot_kind=kind,
-        kernel=_resolve(_get(boot, "kernel"), base),
-        initrd=_resolve(_get(boot, "initrd"), base),
-        cmdline=str(_get(boot, "cmdline", "") or ""),
-        disk=_resolve(_get(boot, "disk"), base),
-        disk_format=str(_get(boot, "format", "qcow2") or "qcow2"),
-        memory_mib=memory,
-        vcpus=vcpus,
+        boot_kind=boot.kind,
+        kernel=boot.kernel,
+        initrd=boot.initrd,
+        cmdline=boot.cmdline,
+        disk=boot.disk,
+        disk_format=boot.format or "qcow2",
+        memory_mib=host.memory_mib or manifest.resources.memory_mib,
+        vcpus=host.vcpus or manifest.resources.vcpus,
         address=host.address,
-        port=port,
-        probe_path=probe_path,
-        probe_kind=str(_get(probe, "kind", "http") or "http"),
-        expect_status=int(_get(probe, "expect_status", 200)),
-        probe_interval=float(_get(probe, "interval_ms", 20)) / 1000.0,
-        request_timeout=float(_get(probe, "request_timeout_ms", 500)) / 1000.0,
-        boot_timeout=float(boot_timeout),
-        idle_timeout=float(idle),
-        stop_mode=stop_mode,
-        shutdown_grace=float(_get(reap, "shutdown_grace_s", 5)),
+        port=host.port or manifest.service.port,
+        probe_path=host.probe_path or probe.path,
+        expect_status=probe.expect_status,
+        probe_interval=probe.interval_ms / 1000.0,
+        request_timeout=probe.request_timeout_ms / 1000.0,
+        boot_timeout=_first(host.boot_timeout or None, config.boot_timeout or None, probe.boot_timeout_s),
+        idle_timeout=_first(host.idle, config.idle_timeout, reap.idle_timeout_s),
+        stop_mode=host.stop or config.stop_mode or reap.stop_mode,
+        shutdown_grace=float(reap.shutdown_grace_s),
         config_hash=digest,
-        machine=str(_get(boot, "machine", None) or config.machine),
+        machine=boot.machine or config.machine,
     )
 
 

@@ -14,7 +14,8 @@ from dnslib import QTYPE, RR
 from twisted.internet import defer
 
 from summoner.resolution import Answer, Query, servfail
-from summoner.vm.service import Fleet, Service
+from summoner.vm.fleet import Fleet
+from summoner.vm.lifecycle import Service
 
 ADDRESS_TYPES = (QTYPE.A, QTYPE.AAAA)
 
@@ -65,7 +66,7 @@ class OnDemandStage:
         ready = self.fleet.ensure_ready(svc)
         if ready is True:
             svc.touch()
-            return Answer(answer=records, cacheable=True, on_hit=svc.touch)
+            return Answer(answer=records, cacheable=True, on_hit=svc.hit)
         if ready is False:
             return servfail()
         return ready.addCallback(self._after_wait, entry, records)
@@ -76,4 +77,4 @@ class OnDemandStage:
             return servfail()
         svc = entry.service
         svc.touch()
-        return Answer(answer=records, cacheable=True, on_hit=svc.touch)
+        return Answer(answer=records, cacheable=True, on_hit=svc.hit)

@@ -1,6 +1,6 @@
 """Test doubles for the on-demand tests that do not boot QEMU.
 
-``FakeBackend`` speaks the ``LibvirtBackend`` interface; a "VM" is a listener
+``FakeBackend`` implements ``summoner.vm.backend.Backend``; a "VM" is a listener
 on the service's loopback address, so the real probe, state machine, stage
 and reaper run unchanged.  It behaves like libvirt + QEMU (user networking)
 where summoner's logic depends on it; each point was watched on a real
@@ -37,46 +37,59 @@ domain under ``qemu:///system`` (libvirt 9, QEMU 7.2, TCG):
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from dnslib import QTYPE, RR, SOA, A
 from twisted.internet import defer, protocol, reactor
 
+from summoner.images import (
+    BootSpec,
+    BuildSpec,
+    ImageManifest,
+    NetworkSpec,
+    ProbeSpec,
+    ReapSpec,
+    Resources,
+    ServiceSpec,
+)
+from summoner.vm.backend import (
+    BackendError,
+    DomainEvent,
+    DomainExistsError,
+    DomainInfo,
+    DomainState,
+    NoDomainError,
+    NotConnectedError,
+)
 from summoner.vm.domxml import parse_metadata
 from summoner.vm.hosts import OnDemandHost
-from summoner.vm.libvirt_backend import BackendError, DomainInfo, NotConnectedError
 
 SOA_RR = RR("example.org", QTYPE.SOA, rdata=SOA("ns1.example.org", "h.example.org", (1, 3600, 600, 86400, 60)),
             ttl=300)
-
-
-def _manifest_hash(m: SimpleNamespace) -> str:
-    """Like ``ImageManifest.config_hash``: the whole manifest plus a stamp of
-    its built files (``m.build``; a rebuild changes it)."""
-    parts = [m.name, m.build] + [sorted(vars(getattr(m, t)).items()) for t in
-                                 ("boot", "resources", "service", "probe", "reap")]
-    return hashlib.sha256(repr(parts).encode()).hexdigest()
+STARTED, SUSPENDED, RESUMED = DomainEvent.STARTED, DomainEvent.SUSPENDED, DomainEvent.RESUMED
+STOPPED, SHUTDOWN = DomainEvent.STOPPED, DomainEvent.SHUTDOWN
 
 
 def manifest(name: str, *, boot_timeout: float = 2.0, idle: float = 300, stop_mode: str = "destroy",
              memory: int = 64, interval_ms: int = 10, directory: Path | None = None,
-             kernel: str = "fakes.py", build: str = "build 1") -> SimpleNamespace:
+             kernel: str = "fakes.py", build: str = "build 1") -> ImageManifest:
+    """A real ``ImageManifest``, as ``load_manifest`` would make it, of a
+    kernel-boot image whose "kernel" is a file that exists (so the image
+    counts as built).  ``build`` stands for the manifest's content: a
+    different value is a different manifest (a new config hash)."""
     directory = directory or Path(__file__).parent
-    m = SimpleNamespace(
-        name=name, directory=directory, build=build,
-        boot=SimpleNamespace(kind="kernel", kernel=kernel, initrd=None, cmdline="console=ttyS0"),
-        resources=SimpleNamespace(memory_mib=memory, vcpus=1), service=SimpleNamespace(port=18080),
-        probe=SimpleNamespace(path="/", expect_status=200, interval_ms=interval_ms, boot_timeout_s=boot_timeout,
-                              request_timeout_ms=300),
-        reap=SimpleNamespace(idle_timeout_s=idle, stop_mode=stop_mode, shutdown_grace_s=0.5),
-    )
-    m.config_hash = lambda: _manifest_hash(m)
-    return m
+    probe = ProbeSpec(path="/", expect_status=200, interval_ms=interval_ms, boot_timeout_s=boot_timeout,
+                      request_timeout_ms=300)
+    reap = ReapSpec(idle_timeout_s=idle, stop_mode=stop_mode, shutdown_grace_s=0.5)
+    resources = Resources(memory_mib=memory, vcpus=1)
+    return ImageManifest(
+        name=name, description=f"test image {name}", path=(directory / "image.toml").resolve(),
+        boot=BootSpec(kind="kernel", kernel=(directory / kernel).resolve(), cmdline="console=ttyS0"),
+        resources=resources, service=ServiceSpec(port=18080), probe=probe, network=NetworkSpec(), reap=reap,
+        build=BuildSpec(), canonical=repr((name, build, probe, reap, resources)))
 
 
 def host(label: str, address: str, image: str, **overrides: Any) -> OnDemandHost:
@@ -144,7 +157,7 @@ class FakeBackend:
         self.shutdown_delay = (0.01, 0.1)  # ACPI button to shutdown/guest, then to stopped/shutdown
         self.event_order = "usual"  # or "before" / "after": every event before / after the call's result
         self.connected = True
-        self.on_event: Callable[..., None] = lambda *a: None
+        self.on_event: Callable[[str, DomainEvent, str, str], None] = lambda *a: None
         self.on_connected: Callable[[], None] = lambda: None
         self.domains: dict[str, dict[str, Any]] = {}
         self.creates = 0
@@ -154,7 +167,7 @@ class FakeBackend:
         self.acpi: set[str] = set()        # services whose guest powers off on the ACPI button
         self.status: dict[str, int] = {}   # HTTP status per service (default 200)
         self.traffic_tokens: dict[str, Any] = {}
-        self.events: list[tuple[str, str, str]] = []  # (domain, event, detail) as delivered
+        self.events: list[tuple[str, DomainEvent, str]] = []  # (domain, event, detail) as delivered
         self._uuids = itertools.count(1)
         self._waiting: list[defer.Deferred] = []
 
@@ -214,7 +227,7 @@ class FakeBackend:
         reactor.callLater(self.call_delay, step)
         return d
 
-    def _deliver(self, name: str, event: str, detail: str, uuid: str) -> None:
+    def _deliver(self, name: str, event: DomainEvent, detail: str, uuid: str) -> None:
         if not self.connected:
             return  # events of a dead connection are lost
         self.events.append((name, event, detail))
@@ -223,7 +236,7 @@ class FakeBackend:
     def _domain(self, name: str) -> dict[str, Any]:
         vm = self.domains.get(name)
         if vm is None:
-            raise BackendError(f"Domain not found: no domain with matching name '{name}'")
+            raise NoDomainError(f"Domain not found: no domain with matching name '{name}'")
         return vm
 
     def _run_guest(self, name: str) -> None:
@@ -251,14 +264,13 @@ class FakeBackend:
 
     # -- operations ----------------------------------------------------------------
 
-    def create(self, xml: str, autodestroy: bool = False, paused: bool = False) -> defer.Deferred:
+    def create(self, name: str, xml: str, *, paused: bool = False, autodestroy: bool = False) -> defer.Deferred:
         def run() -> tuple[Any, list, list]:
             meta = parse_metadata(xml)
             assert meta is not None
-            name = xml.split("<name>", 1)[1].split("</name>", 1)[0]
+            assert f"<name>{name}</name>" in xml, (name, xml)
             if name in self.domains:
-                raise BackendError(f"operation failed: domain '{name}' already exists with uuid "
-                                   f"{self.domains[name]['uuid']}")
+                raise DomainExistsError(f"domain '{name}' already exists with uuid {self.domains[name]['uuid']}")
             self.creates += 1
             uuid = f"uuid-{next(self._uuids)}"
             vm: dict[str, Any] = {
@@ -270,9 +282,9 @@ class FakeBackend:
             vm["port"] = reactor.listenTCP(meta.port, _PortForward(vm), interface=meta.address)
             self.domains[name] = vm
             if paused:
-                return uuid, [], [(name, "started", "booted", uuid), (name, "suspended", "paused", uuid)]
+                return uuid, [], [(name, STARTED, "booted", uuid), (name, SUSPENDED, "paused", uuid)]
             self._run_guest(name)
-            return uuid, [(name, "resumed", "unpaused", uuid)], [(name, "started", "booted", uuid)]
+            return uuid, [(name, RESUMED, "unpaused", uuid)], [(name, STARTED, "booted", uuid)]
         return self._call(run)
 
     def destroy(self, name: str, uuid: str | None = None) -> defer.Deferred:
@@ -282,15 +294,15 @@ class FakeBackend:
                 return False, [], []
             self.destroys += 1
             self._vanish(name)
-            return True, [(name, "shutdown", "host", vm["uuid"])], [(name, "stopped", "destroyed", vm["uuid"])]
+            return True, [(name, SHUTDOWN, "host", vm["uuid"])], [(name, STOPPED, "destroyed", vm["uuid"])]
         return self._call(run)
 
     def kill(self, name: str) -> None:
         """A destroy behind summoner's back (virsh destroy): only its events
         reach summoner, in later reactor turns."""
         vm = self._vanish(name)
-        reactor.callLater(0, self._deliver, name, "shutdown", "host", vm["uuid"])
-        reactor.callLater(0.001, self._deliver, name, "stopped", "destroyed", vm["uuid"])
+        reactor.callLater(0, self._deliver, name, SHUTDOWN, "host", vm["uuid"])
+        reactor.callLater(0.001, self._deliver, name, STOPPED, "destroyed", vm["uuid"])
 
     def lose(self, name: str) -> None:
         """A domain that went away while summoner was not listening: no event."""
@@ -308,13 +320,13 @@ class FakeBackend:
 
                 def powered_off() -> None:
                     if self.domains.get(name) is vm:
-                        self._deliver(name, "shutdown", "guest", vm["uuid"])
+                        self._deliver(name, SHUTDOWN, "guest", vm["uuid"])
                         reactor.callLater(to_stop, stopped)
 
                 def stopped() -> None:
                     if self.domains.get(name) is vm:
                         self._vanish(name)
-                        self._deliver(name, "stopped", "shutdown", vm["uuid"])
+                        self._deliver(name, STOPPED, "shutdown", vm["uuid"])
                 reactor.callLater(self.call_delay + to_guest, powered_off)
             return True, [], []
         return self._call(run)
@@ -329,7 +341,7 @@ class FakeBackend:
                 # the guest's clock stops with it: its network comes up later
                 vm["net_left"] = vm["timer"].getTime() - reactor.seconds()
                 vm["timer"].cancel()
-            return None, [(name, "suspended", "paused", vm["uuid"])], []
+            return None, [(name, SUSPENDED, "paused", vm["uuid"])], []
         return self._call(run)
 
     def resume(self, name: str) -> defer.Deferred:
@@ -345,7 +357,7 @@ class FakeBackend:
             for conn in vm["held"]:
                 conn.attach()
             vm["held"] = []
-            return None, [(name, "resumed", "unpaused", vm["uuid"])], []
+            return None, [(name, RESUMED, "unpaused", vm["uuid"])], []
         return self._call(run)
 
     def set_metadata(self, name: str, xml: str) -> defer.Deferred:
@@ -355,10 +367,11 @@ class FakeBackend:
         return self._call(run)
 
     def state(self, name: str) -> defer.Deferred:
-        return self._call(lambda: (self.domains[name]["state"] if name in self.domains else "gone", [], []))
+        return self._call(lambda: (DomainState(self.domains[name]["state"]) if name in self.domains
+                                   else DomainState.GONE, [], []))
 
     def list_ours(self) -> defer.Deferred:
-        return self._call(lambda: ([DomainInfo(n, d["state"], d["meta"], d["uuid"])
+        return self._call(lambda: ([DomainInfo(n, DomainState(d["state"]), d["meta"], d["uuid"])
                                     for n, d in self.domains.items()], [], []))
 
     def traffic(self, names: dict[str, str]) -> defer.Deferred:
@@ -368,5 +381,5 @@ class FakeBackend:
     def kvm_usable(self) -> defer.Deferred:
         return self._call(lambda: ((False, "fake"), [], []))
 
-    def logs(self, domain: str, lines: int = 15) -> defer.Deferred:
+    def logs(self, name: str, lines: int = 15) -> defer.Deferred:
         return defer.succeed(("fake qemu log line", "fake console line"))

@@ -13,13 +13,10 @@ from twisted.web import resource, server
 
 from summoner.vm.config import OnDemandConfig
 from summoner.vm.domxml import NetworkSettings, domain_xml, parse_metadata
-from summoner.vm.libvirt_backend import (
-    LibvirtBackend,
-    NotConnectedError,
-    parse_proc_net_tcp,
-    parse_usernet,
-    tail_file,
-)
+from summoner.vm.backend import NotConnectedError
+from summoner.vm.libvirt_backend import LibvirtBackend
+from summoner.vm.logtail import tail_file
+from summoner.vm.traffic import parse_proc_net_tcp, parse_usernet
 from summoner.vm.probe import Probe, ProbeTimeoutError
 from summoner.vm.spec import build_spec
 from tests.vm.fakes import host, manifest
@@ -57,8 +54,11 @@ def test_bridge_mode_xml_puts_the_address_on_the_cmdline():
 
 
 def test_disk_boot_xml():
+    import dataclasses
+
+    from summoner.images import BootSpec
     m = manifest("osv")
-    m.boot.kind, m.boot.disk, m.boot.format = "disk", "fakes.py", "qcow2"
+    m = dataclasses.replace(m, boot=BootSpec(kind="disk", disk=m.boot.kernel, format="qcow2"))
     s = build_spec(host("osv", "127.0.0.30", "osv"), m, OnDemandConfig())
     xml = domain_xml(s, "qemu", NetworkSettings())
     assert "<kernel>" not in xml and 'type="qcow2"' in xml and "fakes.py" in xml and "<transient" in xml
@@ -142,7 +142,7 @@ def test_parse_proc_net_tcp_on_real_output():
 
 def test_user_mode_tokens_of_real_captures_show_use_and_idleness():
     """What the reaper concludes from consecutive looks at the captures above."""
-    from summoner.vm.reaper import traffic_seen
+    from summoner.vm.traffic import traffic_seen
 
     def token(usernet, proc):
         return tuple(sorted(parse_usernet(usernet) + parse_proc_net_tcp(proc, {FORWARD}).get(FORWARD, ())))
@@ -179,7 +179,7 @@ class BackendTest(unittest.TestCase):
         ok = yield self.backend.start()
         self.assertTrue(ok)
         s = spec()
-        uuid = yield self.backend.create(domain_xml(s, "test", NetworkSettings()))
+        uuid = yield self.backend.create(s.domain_name, domain_xml(s, "test", NetworkSettings()))
         ours = yield self.backend.list_ours()
         self.assertEqual([(d.name, d.state, d.uuid) for d in ours], [(s.domain_name, "running", uuid)])
         self.assertEqual(ours[0].metadata.config_hash, s.config_hash)  # the predefined 'test' domain is not ours
@@ -209,7 +209,7 @@ class BackendTest(unittest.TestCase):
         import libvirt
         yield self.backend.start()
         s = build_spec(host("web", "192.0.2.7", "hello"), manifest("hello"), OnDemandConfig(network="bridge"))
-        yield self.backend.create(domain_xml(s, "test", NetworkSettings("bridge", "br7", "192.0.2.1")))
+        yield self.backend.create(s.domain_name, domain_xml(s, "test", NetworkSettings("bridge", "br7", "192.0.2.1")))
         direct = libvirt.open("test:///default")  # the test driver's state is shared within a process
         self.addCleanup(direct.close)
         dom = direct.lookupByName(s.domain_name)
@@ -321,7 +321,7 @@ class ProbeTest(unittest.TestCase):
         self.assertLess(reactor.seconds() - started, 1.0)
 
 def test_traffic_seen():
-    from summoner.vm.reaper import traffic_seen
+    from summoner.vm.traffic import traffic_seen
     est = "TCP[ESTABLISHED] 18 127.0.0.10 8080 10.0.2.15 8080 0 0"
     tw = "TCP[TIME_WAIT] 18 127.0.0.10 8080 10.0.2.15 8080 0 0"
     tw2 = "TCP[TIME_WAIT] 19 127.0.0.10 8080 10.0.2.15 8080 0 0"

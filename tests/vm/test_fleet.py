@@ -13,7 +13,8 @@ from twisted.trial import unittest
 from summoner.resolution import Answer, Query
 from summoner.vm.app import OnDemand
 from summoner.vm.config import OnDemandConfig
-from summoner.vm.service import State
+from summoner.vm.backend import DomainEvent
+from summoner.vm.lifecycle import State
 from tests.vm.fakes import FakeBackend, host, manifest
 
 
@@ -28,12 +29,8 @@ class FleetTest(unittest.TestCase):
         config.setdefault("admin", None)
         config.setdefault("virt_type", "qemu")
         config.setdefault("reap_interval", 0.1)
-        self.invalidations = 0
-
-        def invalidate() -> None:
-            self.invalidations += 1
         self.backend = FakeBackend(boot_delay)
-        od = OnDemand(OnDemandConfig(**config), reactor, invalidate, backend=self.backend, images=images)
+        od = OnDemand(OnDemandConfig(**config), reactor, backend=self.backend, images=images)
         od.update_hosts(hosts)
         self.od = od
         self.addCleanup(self._cleanup)
@@ -132,11 +129,12 @@ class FleetTest(unittest.TestCase):
         od = self.make([host("hello", "127.0.0.46", "hello")], {"hello": manifest("hello")})
         yield od.start()
         yield od.stage.resolve(Query.of("hello.example.org", "A"))
-        before = self.invalidations
+        warm = od.stage.resolve(Query.of("hello.example.org", "A"))
+        self.assertTrue(warm.on_hit())  # a cached replay of it holds while the VM runs
         self.backend.kill("summoner-hello.example.org")
         yield sleep(0.01)  # the events arrive
         self.assertEqual(self.svc("hello.example.org").state, State.STOPPED)
-        self.assertGreater(self.invalidations, before)  # cached warm answers dropped
+        self.assertFalse(warm.on_hit())  # ...and not once it is gone: the wire layer resolves afresh
         answer = yield od.stage.resolve(Query.of("hello.example.org", "A"))
         self.assertEqual(answer.rcode, RCODE.NOERROR)
         self.assertEqual(self.backend.creates, 2)
@@ -257,7 +255,7 @@ class FleetTest(unittest.TestCase):
         yield od.start()
         yield od.stage.resolve(Query.of("hello.example.org", "A"))
         # A second summoner over the same "libvirt": adopts, does not boot.
-        od2 = OnDemand(OnDemandConfig(admin=None, virt_type="qemu"), reactor, lambda: None,
+        od2 = OnDemand(OnDemandConfig(admin=None, virt_type="qemu"), reactor,
                        backend=self.backend, images=images)
         od2.update_hosts([host("hello", "127.0.0.90", "hello")])
         yield od2.start()
@@ -277,7 +275,7 @@ class FleetTest(unittest.TestCase):
             domain = f"summoner-{label}.example.org"
             old_uuid = self.backend.domains[domain]["uuid"]
             # A restarted summoner whose image or declaration changed meanwhile.
-            od2 = OnDemand(OnDemandConfig(admin=None, virt_type="qemu"), reactor, lambda: None,
+            od2 = OnDemand(OnDemandConfig(admin=None, virt_type="qemu"), reactor,
                            backend=self.backend, images=changed_images)
             od2.update_hosts([host(label, address, "hello", **changed_host)])
             yield od2.start()
@@ -319,14 +317,16 @@ class FleetTest(unittest.TestCase):
         yield od.stage.resolve(Query.of("b.example.org", "A"))
         # While "disconnected": b vanished without an event.
         self.backend.lose("summoner-b.example.org")
-        od2 = OnDemand(OnDemandConfig(admin=None, virt_type="qemu"), reactor, lambda: None,
+        od2 = OnDemand(OnDemandConfig(admin=None, virt_type="qemu"), reactor,
                        backend=self.backend, images=images)
         od2.update_hosts([host("b", "127.0.0.94", "hello")])  # a was removed from the zone
         yield od2.start()
         self.assertNotIn("summoner-a.example.org", self.backend.domains)
-        stats = yield od.fleet.reconcile()
+        stats = yield od.fleet.reconciler.reconcile()
         self.assertEqual(self.svc("b.example.org").state, State.STOPPED)
-        self.assertEqual(stats["destroyed"], 0)
+        # a was destroyed by the other summoner, b lost: both vanished, nothing left to destroy
+        self.assertEqual(self.svc("a.example.org").state, State.STOPPED)
+        self.assertEqual((stats.destroyed, stats.vanished), (0, 2))
         od2.reaper.stop()
 
     @defer.inlineCallbacks
@@ -378,7 +378,7 @@ class FleetTest(unittest.TestCase):
         pending = od.stage.resolve(Query.of("hello.example.org", "A"))
         yield sleep(0.05)
         # the pause libvirt reports for the standby's creation, arriving after the resume
-        od.fleet.on_event("summoner-hello.example.org", "suspended", "paused", uuid)
+        od.fleet.events.on_event("summoner-hello.example.org", DomainEvent.SUSPENDED, "paused", uuid)
         answer = yield pending
         self.assertEqual(answer.rcode, RCODE.NOERROR)
         self.assertEqual(svc.state, State.READY)
@@ -402,7 +402,7 @@ class FleetTest(unittest.TestCase):
         self.assertTrue(svc.standby)  # a new standby after the stop
         self.assertEqual(self.backend.creates, 2)
         # A restarted summoner takes the standby over instead of making another.
-        od2 = OnDemand(OnDemandConfig(admin=None, virt_type="qemu", standby=True), reactor, lambda: None,
+        od2 = OnDemand(OnDemandConfig(admin=None, virt_type="qemu", standby=True), reactor,
                        backend=self.backend, images={"hello": manifest("hello")})
         od2.update_hosts([host("hello", "127.0.0.98", "hello")])
         yield od2.start()
@@ -463,7 +463,7 @@ class FleetTest(unittest.TestCase):
         self.backend.kvm_usable = lambda: defer.succeed((True, "ok"))
         self.backend.silent.add("kvm-boot-check")  # the test boot never answers: a broken KVM
         yield od.start()
-        self.assertEqual(od.fleet.virt_type, "qemu")
+        self.assertEqual(od.fleet.virt.virt_type, "qemu")
         self.assertTrue(kvmcheck_module.VERDICT_PATH.read_text().startswith("qemu "))
         self.assertNotIn("summoner-kvm-boot-check", self.backend.domains)
         answer = yield od.stage.resolve(Query.of("hello.example.org", "A"))
@@ -471,11 +471,11 @@ class FleetTest(unittest.TestCase):
         self.assertIn('type="qemu"', self.backend.domains["summoner-hello.example.org"]["xml"])
         # The verdict is reused: a second start does not test-boot again.
         creates = self.backend.creates
-        od2 = OnDemand(OnDemandConfig(admin=None, virt_type="auto"), reactor, lambda: None,
+        od2 = OnDemand(OnDemandConfig(admin=None, virt_type="auto"), reactor,
                        backend=self.backend, images={"hello": manifest("hello")})
         od2.update_hosts([host("hello", "127.0.0.101", "hello")])
         yield od2.start()
-        self.assertEqual(od2.fleet.virt_type, "qemu")
+        self.assertEqual(od2.fleet.virt.virt_type, "qemu")
         self.assertEqual(self.backend.creates, creates)
         od2.reaper.stop()
 

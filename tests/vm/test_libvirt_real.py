@@ -17,7 +17,7 @@ from summoner.vm.config import OnDemandConfig
 from summoner.vm.domxml import NetworkSettings, domain_xml
 from summoner.vm.libvirt_backend import LibvirtBackend
 from summoner.vm.probe import Probe
-from summoner.vm.reaper import traffic_seen
+from summoner.vm.traffic import traffic_seen
 from summoner.vm.spec import build_spec
 from tests.conftest import ROOT
 from tests.vm.conftest import URI
@@ -72,7 +72,8 @@ class UserModeTrafficTest(unittest.TestCase):
         backend = LibvirtBackend(URI, reactor)
         self.addCleanup(backend.stop)
         self.assertTrue((yield backend.start()))
-        yield backend.create(domain_xml(spec, "qemu", NetworkSettings(), spec.machine), autodestroy=True)
+        yield backend.create(spec.domain_name, domain_xml(spec, "qemu", NetworkSettings(), spec.machine),
+                             autodestroy=True)
         yield wait_ready(spec)
 
         @defer.inlineCallbacks
@@ -188,7 +189,7 @@ def run_scenario(backend, spec, calls: dict, facts: dict):
         at = trace.index("<result>")
         calls[label] = (trace[:at], trace[at + 1:])
 
-    yield call("create", lambda: backend.create(xml))
+    yield call("create", lambda: backend.create(name, xml))
     yield wait_ready(spec)
     facts["served"] = yield served(spec)
     yield call("suspend", lambda: backend.suspend(name))
@@ -204,7 +205,7 @@ def run_scenario(backend, spec, calls: dict, facts: dict):
     except ConnectionRefusedError:
         facts["destroyed: connection refused"] = True
 
-    yield call("create paused", lambda: backend.create(xml, paused=True))
+    yield call("create paused", lambda: backend.create(name, xml, paused=True))
     standby = connect(spec)  # a guest that has never run: no network yet
     facts["standby: answered within 0.5 s"] = yield answered_within(standby, 0.5)
     standby.close()

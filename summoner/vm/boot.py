@@ -1,0 +1,357 @@
+"""Bringing a service up: a boot (slot → libvirt → guest), a resume, or the
+adoption of a running VM found at start.
+
+A boot waits for one of ``--max-concurrent-boots`` slots, for the virt type
+to be known and for capacity, then creates the domain (or starts its standby
+domain) and probes the guest until it answers, all within the boot deadline.
+A boot that misses it fails all its waiters (SERVFAIL), destroys the domain
+and sets an exponential retry back-off, so a broken image cannot boot-loop;
+the log line carries libvirt's error, the QEMU log tail, the console tail
+and the probe's last error.  Each boot is one Deferred, ``Service.task``:
+cancelling it (the service was removed) stops it at whatever it awaits and
+destroys the domain it made.
+
+Tests: tests/vm/test_boot.py
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from summoner.backoff import delay_after
+from summoner.vm import metrics
+from summoner.vm.backend import Backend, BackendError, DomainEvent, DomainExistsError, DomainState, destroy_quietly
+from summoner.vm.capacity import Capacity
+from summoner.vm.config import OnDemandConfig
+from summoner.vm.deferreds import first_of, when_fired
+from summoner.vm.domxml import NetworkSettings, domain_xml, metadata_xml
+from summoner.vm.lifecycle import Service, State
+from summoner.vm.phases import Phase, PhaseTimer
+from summoner.vm.probe import Probe, ProbeCancelledError, ProbeTimeoutError
+from summoner.vm.spec import VMSpec, missing_artifacts
+from summoner.vm.standby import Standby
+from summoner.vm.virt import VirtDecision
+
+log = Logger(namespace="summoner.vm.boot")
+
+
+class BootFailedError(Exception):
+    """A boot that cannot go on; ``result`` labels the boots metric."""
+
+    def __init__(self, result: str, why: str) -> None:
+        super().__init__(why)
+        self.result = result
+        self.why = why
+
+
+class BootRefusedError(Exception):
+    """No boot now, through no fault of the image (capacity, libvirt away)."""
+
+    def __init__(self, result: str, why: str) -> None:
+        super().__init__(why)
+        self.result = result
+
+
+@dataclass
+class Attempt:
+    """One boot or adoption in flight, as libvirt's events see it."""
+
+    creating: bool = False                 # createXML has not returned: the new UUID is unknown
+    early: list[tuple[str, str]] = field(default_factory=list)  # (uuid, why) seen while creating
+    aborted: str | None = None             # the domain died before the probe started
+    probe: Probe | None = None
+
+    def abort(self, why: str) -> None:
+        if self.probe is not None:
+            self.probe.cancel(why)
+        else:
+            self.aborted = why
+
+
+def probe_for(reactor: IReactorTime, spec: VMSpec, deadline: float) -> Probe:
+    return Probe(reactor, spec.address, spec.port, spec.probe_path, expect_status=spec.expect_status,
+                 interval=spec.probe_interval, request_timeout=spec.request_timeout, deadline=deadline)
+
+
+def _run(probe: Probe) -> defer.Deferred[int]:
+    """``probe.run()``, cancellable: cancelling it cancels the probe."""
+    out: defer.Deferred[int] = defer.Deferred(lambda _: probe.cancel("boot cancelled"))
+    probe.run().chainDeferred(out)
+    return out
+
+
+class Booter:
+    def __init__(self, config: OnDemandConfig, reactor: IReactorTime, backend: Backend, virt: VirtDecision,
+                 capacity: Capacity, standby: Standby, net: NetworkSettings) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.backend = backend
+        self.virt = virt
+        self.capacity = capacity
+        self.standby = standby
+        self.net = net
+        self._slots = defer.DeferredSemaphore(config.max_concurrent_boots)
+        self._attempts: dict[Service, Attempt] = {}
+
+    # -- starting work ------------------------------------------------------------
+
+    def _start(self, svc: Service, work: Coroutine[defer.Deferred[object], object, None]) -> None:
+        task = defer.Deferred.fromCoroutine(self._guarded(svc, work))
+        if not task.called:
+            svc.task = task
+
+            def ended(_: None) -> None:
+                if svc.task is task:
+                    svc.task = None
+            task.addCallback(ended)
+
+    async def _guarded(self, svc: Service, work: Coroutine[defer.Deferred[object], object, None]) -> None:
+        try:
+            await work
+        except defer.CancelledError:
+            pass  # retired: the canceller answered the waiters
+        except Exception:
+            # A bug must not leave queries waiting forever.
+            log.failure("{service}: boot failed unexpectedly", service=svc.name)
+            if svc.waiters or svc.state is State.BOOTING:
+                svc.failed("internal error (see log)", self._backoff(svc))
+
+    def boot(self, svc: Service) -> None:
+        self._start(svc, self._boot(svc))
+
+    def resume(self, svc: Service) -> None:
+        self._start(svc, self._resume(svc))
+
+    def adopt(self, svc: Service, uuid: str) -> defer.Deferred[None]:
+        """A running VM of ours found at start: ready after one successful
+        probe (no boot counted); destroyed if it does not answer."""
+        svc.begin_adoption(uuid)
+        self._start(svc, self._adopt(svc))
+        return defer.succeed(None) if svc.task is None else when_fired(svc.task)
+
+    # -- libvirt's events ------------------------------------------------------------
+
+    def domain_event(self, svc: Service, event: DomainEvent, detail: str, uuid: str) -> bool:
+        """An event of ``svc``'s domain while it boots; True if it was the boot's."""
+        attempt = self._attempts.get(svc)
+        if attempt is None or svc.state is not State.BOOTING or not svc.reserved:
+            return False
+        why = f"domain {event} during boot ({detail})"
+        if attempt.creating:
+            # We cannot tell this instance's events from its predecessor's
+            # until createXML returns its UUID.
+            if event.ends_domain or event is DomainEvent.SUSPENDED:
+                attempt.early.append((uuid, why))
+            return True
+        if uuid and svc.domain_uuid and uuid != svc.domain_uuid:
+            return True  # an earlier instance (destroyed before this boot)
+        if event.ends_domain:
+            attempt.abort(why)
+        elif event is DomainEvent.SUSPENDED:
+            self._abort_if_still_paused(svc, attempt, detail)
+        return True
+
+    def _abort_if_still_paused(self, svc: Service, attempt: Attempt, detail: str) -> None:
+        """A standby domain's own creation-time pause can be reported after
+        the boot has resumed it; only a guest that is paused *now* fails the
+        boot.  The state query runs on the libvirt thread behind the resume,
+        so it sees the domain as it is after it."""
+        def checked(state: DomainState) -> None:
+            if state is DomainState.PAUSED and self._attempts.get(svc) is attempt:
+                attempt.abort(f"guest paused during boot ({detail})")
+        self.backend.state(svc.spec.domain_name).addCallbacks(checked, lambda failure: None)
+
+    # -- a boot ------------------------------------------------------------------
+
+    async def _boot(self, svc: Service) -> None:
+        timer = PhaseTimer(self.reactor.seconds)
+        timer.enter(Phase.SLOT)
+        svc.begin_boot()
+        attempt = self._attempts[svc] = Attempt()
+        try:
+            await self._boot_steps(svc, attempt, timer)
+        finally:
+            self._forget(svc, attempt)
+
+    def _forget(self, svc: Service, attempt: Attempt) -> None:
+        if self._attempts.get(svc) is attempt:
+            del self._attempts[svc]
+
+    async def _boot_steps(self, svc: Service, attempt: Attempt, timer: PhaseTimer) -> None:
+        spec = svc.spec
+        try:
+            missing = missing_artifacts(spec)
+            if missing:
+                raise BootFailedError("error", f"image {spec.image} is not built: missing " + ", ".join(missing))
+            await self._slots.acquire()
+            try:
+                await self._boot_in_slot(svc, attempt, timer)
+            finally:
+                self._slots.release()
+        except BootRefusedError as refusal:
+            metrics.BOOTS.labels(svc.name, refusal.result).inc()
+            log.warn("{service}: boot refused: {msg}", service=svc.name, msg=str(refusal))
+            svc.refused(str(refusal))
+        except BootFailedError as failure:
+            timer.end()
+            await self._failed(svc, failure, timer)
+
+    async def _boot_in_slot(self, svc: Service, attempt: Attempt, timer: PhaseTimer) -> None:
+        spec = svc.spec
+        await self.virt.ready_for(spec)
+        if not await self.capacity.make_room(svc):
+            metrics.CAPACITY_REFUSALS.inc()
+            raise BootRefusedError("capacity", self.capacity.refusal(svc))
+        svc.reserve()
+        start = self.reactor.seconds()
+        if not self.backend.connected:
+            # libvirtd restarting: reconnection takes well under a second,
+            # so wait for it (within the deadline) rather than fail.
+            if not await first_of(self.reactor, self.backend.when_connected(), spec.boot_timeout):
+                raise BootRefusedError("error", f"libvirt unreachable at {self.config.libvirt_uri}")
+            start = self.reactor.seconds()
+        deadline = start + spec.boot_timeout
+        await self.standby.settled(svc)
+        timer.enter(Phase.LIBVIRT)
+        from_standby = await self._start_domain(svc, attempt, deadline, timer)
+        timer.enter(Phase.GUEST)
+        svc.boot_count += 1
+        attempts = await self._probe(svc, attempt, deadline, timer)
+        timer.end()
+        waited = svc.became_ready()
+        if from_standby:  # a running VM now, no longer a standby
+            self.backend.set_metadata(spec.domain_name, metadata_xml(spec)).addErrback(lambda f: None)
+        metrics.BOOTS.labels(svc.name, "success").inc()
+        if waited is not None:
+            metrics.QUERY_TO_READY.labels("boot").observe(waited)
+        log.info("{service}: ready in {ms:.0f} ms ({phases}; {attempts} probe attempts, virt type {virt})",
+                 service=svc.name, ms=(self.reactor.seconds() - start) * 1000, phases=timer.summary(),
+                 attempts=attempts, virt=self.virt.virt_type)
+
+    async def _start_domain(self, svc: Service, attempt: Attempt, deadline: float, timer: PhaseTimer) -> bool:
+        """Start the guest: its standby domain, or a new domain.  True if it
+        was the standby."""
+        if await self.standby.take(svc):
+            return True
+        spec = svc.spec
+        xml = domain_xml(spec, self.virt.virt_type, self.net, spec.machine)
+        svc.domain_uuid = None
+        attempt.creating = True
+        try:
+            svc.domain_uuid = await self._create(spec.domain_name, xml, deadline)
+        except defer.TimeoutError:
+            # The domain may still appear: the destroy after the failure runs
+            # on the libvirt thread after the create and removes it.
+            raise BootFailedError("timeout", timer.overran(spec.boot_timeout) + "; see summoner doctor") from None
+        except defer.CancelledError:
+            await destroy_quietly(self.backend, spec.domain_name)  # queued behind the create: removes it
+            raise
+        except BackendError as exc:
+            raise BootFailedError("error", f"libvirt: {exc}") from exc
+        finally:
+            attempt.creating = False
+        for uuid, why in attempt.early:
+            if uuid == svc.domain_uuid:
+                attempt.aborted = why
+        return False
+
+    async def _create(self, name: str, xml: str, deadline: float) -> str:
+        """createXML within the boot deadline (``defer.TimeoutError`` past
+        it); a leftover domain of ours (a failed destroy) is replaced."""
+        try:
+            return await self._within(self.backend.create(name, xml), deadline)
+        except DomainExistsError:
+            await destroy_quietly(self.backend, name)
+        return await self._within(self.backend.create(name, xml), deadline)
+
+    def _within(self, d: defer.Deferred[str], deadline: float) -> defer.Deferred[str]:
+        # Cancelling a libvirt call's Deferred does not stop the call; its late
+        # result is dropped.
+        return d.addTimeout(max(0.0, deadline - self.reactor.seconds()), self.reactor)
+
+    async def _probe(self, svc: Service, attempt: Attempt, deadline: float, timer: PhaseTimer) -> int:
+        spec = svc.spec
+        probe = attempt.probe = probe_for(self.reactor, spec, deadline)
+        if attempt.aborted:
+            probe.cancel(attempt.aborted)
+        try:
+            return await _run(probe)
+        except ProbeTimeoutError as exc:
+            raise BootFailedError("timeout", f"{timer.overran(spec.boot_timeout)}; last probe error: "
+                                         f"{exc.last_error or 'no attempt got an answer'}") from exc
+        except ProbeCancelledError as exc:
+            raise BootFailedError("error", f"{exc}; last probe error: {probe.last_error}") from exc
+        except defer.CancelledError:
+            await destroy_quietly(self.backend, spec.domain_name, svc.domain_uuid)  # this instance only
+            raise
+
+    def _backoff(self, svc: Service) -> float:
+        return delay_after(svc.failures + 1, self.config.retry_backoff, self.config.retry_backoff_max)
+
+    async def _failed(self, svc: Service, failure: BootFailedError, timer: PhaseTimer) -> None:
+        """Answer the waiters now (SERVFAIL within the deadline); the destroy
+        (a second or more for QEMU to exit) and the log line come after."""
+        spec = svc.spec
+        metrics.BOOTS.labels(svc.name, failure.result).inc()
+        delay = self._backoff(svc)
+        svc.failed(failure.why, delay)
+        await destroy_quietly(self.backend, spec.domain_name)
+        try:
+            qemu_tail, console_tail = await self.backend.logs(spec.domain_name)
+        except BackendError as exc:
+            qemu_tail, console_tail = f"(cannot read: {exc})", ""
+        log.error(
+            "{service}: boot of image {image} failed ({result}): {why}; phases: {phases}; retry allowed in "
+            "{delay:.1f}s (failure {n})\n--- QEMU log ({qlog}):\n{qemu}\n--- console:\n{console}",
+            service=svc.name, image=spec.image, result=failure.result, why=failure.why,
+            delay=max(0.0, svc.retry_at - self.reactor.seconds()), n=svc.failures, phases=timer.summary(),
+            qlog=f"/var/log/libvirt/qemu/{spec.domain_name}.log",
+            qemu=qemu_tail.strip() or "(empty)", console=console_tail.strip() or "(empty)")
+
+    # -- resume and adoption --------------------------------------------------------
+
+    async def _resume(self, svc: Service) -> None:
+        timer = PhaseTimer(self.reactor.seconds)
+        timer.enter(Phase.RESUME)
+        svc.begin_resume()
+        try:
+            await self.backend.resume(svc.spec.domain_name)
+        except BackendError as exc:
+            # Gone or broken while suspended: boot afresh for the waiters.
+            log.warn("{service}: resume failed ({err}); booting afresh", service=svc.name, err=exc)
+            await destroy_quietly(self.backend, svc.spec.domain_name)
+            svc.gave_up()
+            await self._boot(svc)
+            return
+        timer.end()
+        waited = svc.became_ready(counted_boot=False)
+        if waited is not None:
+            metrics.QUERY_TO_READY.labels("resume").observe(waited)
+            log.info("{service}: resumed in {ms:.1f} ms", service=svc.name, ms=waited * 1000)
+
+    async def _adopt(self, svc: Service) -> None:
+        spec = svc.spec
+        attempt = self._attempts[svc] = Attempt()
+        probe = attempt.probe = probe_for(self.reactor, spec, self.reactor.seconds() + spec.boot_timeout)
+        try:
+            await _run(probe)
+        except (ProbeTimeoutError, ProbeCancelledError) as exc:
+            log.warn("{service}: running VM found but not answering ({err}, {last}); destroying",
+                     service=svc.name, err=exc, last=probe.last_error)
+            await destroy_quietly(self.backend, spec.domain_name, svc.domain_uuid)
+            svc.gave_up()
+            if svc.waiters:
+                # Not awaited: start-up awaits every adoption before it lets
+                # boots proceed, so awaiting a boot here would wait on itself.
+                self.boot(svc)
+            return
+        finally:
+            self._forget(svc, attempt)
+        svc.became_ready(counted_boot=False)
+        log.info("{service}: adopted running VM {domain}", service=svc.name, domain=spec.domain_name)
+
