@@ -7,7 +7,7 @@ The server calls, in order::
     ondemand.update_hosts(hosts)
     chain = Chain([static_stage, ondemand.stage, arrowhead, ...])
     yield ondemand.start()                    # connect to libvirt, adopt running VMs
-    ondemand.listen_admin()                   # or mount ondemand.admin_resource() itself
+    admin.listen_admin(..., ondemand.admin_resources())   # the top mounts {b"services": ...}
     ...
     on zone reload:  zones, hosts = ondemand.split(zones); ondemand.update_hosts(hosts)
     on shutdown:     yield ondemand.stop()    # VMs keep running; the next start adopts them
@@ -19,11 +19,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
+from twisted.web.resource import Resource
 
-from summoner import admin
-from summoner.metrics import QuietSite
 from summoner.vm.config import OnDemandConfig
 from summoner.vm.hosts import OnDemandHost, split_on_demand
 from summoner.vm.libvirt_backend import BackendError, LibvirtBackend
@@ -59,7 +57,6 @@ class OnDemand:
         self.images: dict[str, Any] = images if images is not None else {}
         self._fixed_images = images is not None
         self._started = False
-        self._admin_port: Any = None
         # Called with published_hosts() whenever the hosts change (Arrowhead
         # publishes them).
         self.on_hosts_changed: list[Callable[[list[OnDemandHost]], None]] = []
@@ -165,11 +162,7 @@ class OnDemand:
             if svc.probe is not None:
                 svc.probe.cancel("summoner stopping")
             self.fleet._finish(svc, False, "summoner stopping")
-        ds = [self.backend.stop()]
-        if self._admin_port is not None:
-            ds.append(defer.maybeDeferred(self._admin_port.stopListening))
-            self._admin_port = None
-        return defer.DeferredList(ds)
+        return defer.DeferredList([self.backend.stop()])
 
     # -- operator actions (admin endpoint) ----------------------------------------
 
@@ -203,24 +196,10 @@ class OnDemand:
         return {"ok": ok, "name": name, "state": row.get("state"),
                 "error": error or (svc.last_error if svc and not ok else None), "service": row}
 
-    def admin_resource(self, arrowhead_status: Callable[[], dict[str, Any]] | None = None) -> Any:
-        return admin.admin_resource(self, arrowhead_status)
-
-    def listen_admin(self, arrowhead_status: Callable[[], dict[str, Any]] | None = None) -> Any:
-        """Listen on ``config.admin`` (loopback by default); None if disabled."""
-        if self.config.admin is None:
-            return None
-        host, port = self.config.admin
-        site = QuietSite(self.admin_resource(arrowhead_status))
-        try:
-            self._admin_port = self.reactor.listenTCP(port, site, interface=host)
-        except CannotListenError as exc:
-            # DNS matters more than the admin endpoint: serve without it.
-            log.error("admin endpoint disabled: cannot listen on {host}:{port}: {err}",
-                      host=host, port=port, err=exc.socketError)
-            return None
-        log.info("admin endpoint on http://{host}:{port}/services", host=host, port=port)
-        return self._admin_port
+    def admin_resources(self) -> dict[bytes, Resource]:
+        """``/services``: what this part adds to the top's admin endpoint."""
+        from summoner.vm.admin import admin_resources
+        return admin_resources(self)
 
 
 def build(config: OnDemandConfig, reactor: Any, invalidate_cache: Callable[[], None]) -> OnDemand:
