@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from summoner.arrowhead.client import SystemRef, TLSConfigError, TLSMaterial, load_tls
+from summoner.arrowhead.client import SystemRef
+from summoner.arrowhead.tls import TLSConfigError, TLSMaterial, load_tls
 
 # use_strict_service_definition_verifier (the upstream default) and system names.
 NAME_RE = re.compile(r"^[A-Za-z](?:[0-9A-Za-z-]*[0-9A-Za-z])?$")
