@@ -15,7 +15,6 @@ from summoner.admin import parse_admin
 from summoner.app import ServeConfig
 from summoner.arrowhead.config import ArrowheadConfigError, config_from_args
 from summoner.arrowhead.config import add_cli_arguments as add_arrowhead_arguments
-from summoner.doctor import add_doctor_command
 from summoner.netaddr import host_port
 from summoner.ratelimit import RateLimit
 from summoner.vm.cli import (
@@ -25,6 +24,7 @@ from summoner.vm.cli import (
     check_on_demand,
     on_demand_config,
 )
+from summoner.vm.doctor import add_doctor_command
 from summoner.zonefile import ZoneError, load_zone_dir
 
 
