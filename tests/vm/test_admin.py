@@ -100,3 +100,17 @@ def test_parse_admin():
     assert parse_admin("off") is None
     with pytest.raises(argparse.ArgumentTypeError):
         parse_admin("localhost:9154")
+
+
+def test_the_app_mounts_arrowhead_without_the_on_demand_part():
+    from twisted.internet import reactor
+
+    from summoner.admin import admin_resource
+    from summoner.app import App, ServeConfig
+    from summoner.arrowhead.config import ArrowheadConfig
+    assert App(ServeConfig(), reactor).admin_resources() == {}
+    app = App(ServeConfig(), reactor, arrowhead=ArrowheadConfig(orchestrator_url="http://127.0.0.1:1"))
+    resources = app.admin_resources()
+    assert set(resources) == {b"arrowhead"}
+    code, body = _render(admin_resource(resources), b"/arrowhead")
+    assert code == 200 and body["system_name"] == "summoner" and body["orchestrator"]["state"] == "up"
