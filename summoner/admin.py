@@ -34,8 +34,8 @@ from summoner.netaddr import host_port
 
 log = Logger(namespace="summoner.admin")
 
-DEFAULT_ADDRESS = ("127.0.0.1", 9154)
-DEFAULT_URL = "http://127.0.0.1:9154"
+DEFAULT_ADDRESS = ("127.0.0.1", 9154)  # ServeConfig.admin's default, and where the CLI looks
+DEFAULT_URL = f"http://{DEFAULT_ADDRESS[0]}:{DEFAULT_ADDRESS[1]}"
 
 # What a part contributes: path segment under the root -> resource.
 Resources = Mapping[bytes, resource.Resource]
