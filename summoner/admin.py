@@ -1,126 +1,121 @@
 """Local admin endpoint (server side) and its client (CLI side).
 
-Server: a small Twisted web resource, JSON only, meant for loopback:
+Server: a small Twisted web site, JSON only, meant for loopback.  It knows no
+part of the server: the top (``summoner.app``) listens on ``--admin`` and
+mounts what each part contributes (a ``{path segment: Resource}`` mapping):
 
-- ``GET  /services``                → ``[{name, image, state, address, uptime, idle, boot_count, last_error, ...}]``
-- ``POST /services/NAME/summon``    → boots (or resumes) NAME and waits until ready or failed
-- ``POST /services/NAME/stop``      → stops NAME by its image's stop mode (``?mode=destroy`` to force)
-- ``GET  /arrowhead``               → Arrowhead connection state and published services (404 when off)
-
-NAME is the host name (``hello.example.org``) or its first label when that is
-unambiguous (``hello``).
+- the on-demand part (``summoner.vm.admin``): ``GET /services``,
+  ``POST /services/NAME/summon``, ``POST /services/NAME/stop[?mode=...]``;
+- the Arrowhead part: ``GET /arrowhead`` (404 when Arrowhead is off).
 
 Client: plain ``urllib`` calls for the ``summoner status|summon|stop``
 subcommands, which run outside the reactor.
+
+Tests: tests/vm/test_admin.py, tests/test_arrowhead_dns.py (``/arrowhead``).
 """
 
 from __future__ import annotations
 
+import argparse
+import ipaddress
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IReactorTCP
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from summoner.vm.config import STOP_MODES
+from summoner.metrics import QuietSite
+from summoner.netaddr import host_port
 
 log = Logger(namespace="summoner.admin")
 
-DEFAULT_URL = "http://127.0.0.1:9154"
+DEFAULT_ADDRESS = ("127.0.0.1", 9154)  # ServeConfig.admin's default, and where the CLI looks
+DEFAULT_URL = f"http://{DEFAULT_ADDRESS[0]}:{DEFAULT_ADDRESS[1]}"
+
+# What a part contributes: path segment under the root -> resource.
+Resources = Mapping[bytes, resource.Resource]
 
 
-class AdminBackend(Protocol):
-    def status(self) -> list[dict[str, Any]]: ...
-    def find(self, name: str) -> str | None: ...
-    def summon(self, name: str) -> defer.Deferred: ...
-    def stop_service(self, name: str, mode: str | None = None) -> defer.Deferred: ...
+def parse_admin(text: str) -> tuple[str, int] | None:
+    """``ADDR:PORT`` (IPv6 as ``[::1]:PORT``), or ``off``."""
+    if text.lower() in ("off", "none", ""):
+        return None
+    host, port = host_port(text)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad admin address {host!r}") from exc
+    return host, port
 
 
-def _json(request: Any, code: int, body: Any) -> bytes:
+def json_response(request: server.Request, code: int, body: object) -> bytes:
+    """Set ``code`` and the JSON headers on ``request``; the encoded body."""
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
     return json.dumps(body, indent=1).encode() + b"\n"
 
 
-class _Action(resource.Resource):
+class JSONStatus(resource.Resource):
+    """``GET`` → ``status()`` as JSON (a part's status page)."""
+
     isLeaf = True  # noqa: N815 (Twisted's name)
 
-    def __init__(self, backend: AdminBackend, name: str, action: str) -> None:
-        super().__init__()
-        self.backend = backend
-        self.name = name
-        self.action = action
-
-    def render_POST(self, request: Any) -> Any:  # noqa: N802 (Twisted's name)
-        full = self.backend.find(self.name)
-        if full is None:
-            return _json(request, 404, {"error": f"no on-demand service {self.name!r}"})
-        if self.action == "summon":
-            d = self.backend.summon(full)
-        elif self.action == "stop":
-            mode = request.args.get(b"mode", [b""])[0].decode(errors="replace") or None
-            if mode is not None and mode not in STOP_MODES:
-                return _json(request, 400, {"error": f"mode must be one of {', '.join(STOP_MODES)}, not {mode!r}"})
-            d = self.backend.stop_service(full, mode)
-        else:
-            return _json(request, 404, {"error": f"unknown action {self.action!r}"})
-
-        def done(result: dict[str, Any]) -> None:
-            if not request.finished:
-                request.write(_json(request, 200 if result.get("ok") else 503, result))
-                request.finish()
-
-        def failed(failure: Any) -> None:
-            log.failure("admin {action} {name} failed", failure, action=self.action, name=full)
-            if not request.finished:
-                request.write(_json(request, 500, {"ok": False, "error": failure.getErrorMessage()}))
-                request.finish()
-        d.addCallbacks(done, failed)
-        return server.NOT_DONE_YET
-
-    def render_GET(self, request: Any) -> bytes:  # noqa: N802
-        return _json(request, 405, {"error": "use POST"})
-
-
-class _Services(resource.Resource):
-    def __init__(self, backend: AdminBackend) -> None:
-        super().__init__()
-        self.backend = backend
-
-    def getChild(self, path: bytes, request: Any) -> resource.Resource:  # noqa: N802
-        if not path:
-            return self
-        postpath = request.postpath
-        action = postpath.pop(0).decode() if postpath else ""
-        return _Action(self.backend, path.decode(), action)
-
-    def render_GET(self, request: Any) -> bytes:  # noqa: N802
-        return _json(request, 200, self.backend.status())
-
-
-class _Status(resource.Resource):
-    isLeaf = True  # noqa: N815 (Twisted's name)
-
-    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, status: Callable[[], object]) -> None:
         super().__init__()
         self.status = status
 
-    def render_GET(self, request: Any) -> bytes:  # noqa: N802
-        return _json(request, 200, self.status())
+    def render_GET(self, request: server.Request) -> bytes:  # noqa: N802 (Twisted's name)
+        return json_response(request, 200, self.status())
 
 
-def admin_resource(backend: AdminBackend,
-                   arrowhead_status: Callable[[], dict[str, Any]] | None = None) -> resource.Resource:
-    root = resource.Resource()
-    root.putChild(b"services", _Services(backend))
-    if arrowhead_status is not None:
-        root.putChild(b"arrowhead", _Status(arrowhead_status))
+class _Root(resource.Resource):
+    def getChild(self, path: bytes, request: server.Request) -> resource.Resource:  # noqa: N802
+        return _NotFound(path)
+
+    def render_GET(self, request: server.Request) -> bytes:  # noqa: N802
+        return json_response(request, 200, {"resources": sorted(p.decode() for p in self.children)})
+
+
+class _NotFound(resource.Resource):
+    isLeaf = True  # noqa: N815 (Twisted's name)
+
+    def __init__(self, path: bytes) -> None:
+        super().__init__()
+        self.path = path.decode(errors="replace")
+
+    def render(self, request: server.Request) -> bytes:
+        return json_response(request, 404, {"error": f"no {self.path!r} here (that part is off)"})
+
+
+def admin_resource(resources: Resources) -> resource.Resource:
+    """The root: every part's resources side by side; 404 (JSON) elsewhere."""
+    root = _Root()
+    for path, child in resources.items():
+        root.putChild(path, child)
     return root
+
+
+def listen_admin(reactor: IReactorTCP, address: tuple[str, int], resources: Resources) -> IListeningPort | None:
+    """Serve ``resources`` on ``address``; None (and an error logged) if it
+    cannot listen: DNS matters more than the admin endpoint."""
+    host, port = address
+    site = QuietSite(admin_resource(resources))
+    try:
+        listening: IListeningPort = reactor.listenTCP(port, site, interface=host)
+    except CannotListenError as exc:
+        log.error("admin endpoint disabled: cannot listen on {host}:{port}: {err}",
+                  host=host, port=port, err=exc.socketError)
+        return None
+    paths = ", ".join("/" + p.decode() for p in sorted(resources)) or "nothing to serve"
+    log.info("admin endpoint on http://{host}:{port} ({paths})", host=host,
+             port=listening.getHost().port, paths=paths)
+    return listening
 
 
 # -- client side (no reactor) --------------------------------------------------
@@ -155,8 +150,11 @@ def base_url(addr: str | tuple[str, int] | None) -> str:
     return addr.rstrip("/") if addr.startswith("http") else f"http://{addr}"
 
 
-def fetch_status(url: str = DEFAULT_URL) -> list[dict[str, Any]]:
+def fetch_status(url: str = DEFAULT_URL) -> list[dict[str, Any]] | None:
+    """The on-demand services, or None when the server runs without that part."""
     code, body = _request(base_url(url) + "/services")
+    if code == 404:
+        return None
     if code != 200:
         raise AdminError(f"status failed: HTTP {code}: {body}")
     return body

@@ -11,12 +11,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from summoner import metrics
+from summoner.admin import DEFAULT_ADDRESS, JSONStatus, Resources, listen_admin
 from summoner.ratelimit import RateLimit, RateLimiter
 from summoner.resolution import Chain, Stage
 from summoner.server import TCP_IDLE_TIMEOUT, listen_dns, stop_listening
@@ -24,6 +26,10 @@ from summoner.static import StaticStage
 from summoner.wire import Responder
 from summoner.zonefile import ZoneSet, load_zone_dir
 from summoner.zonewatch import ZoneWatcher, record_loaded
+
+if TYPE_CHECKING:
+    from summoner.arrowhead.config import ArrowheadConfig
+    from summoner.vm.config import OnDemandConfig
 
 log = Logger(namespace="summoner")
 
@@ -40,10 +46,12 @@ class ServeConfig:
     tcp_idle_timeout: float = TCP_IDLE_TIMEOUT
     reload_interval: float = 1.0
     rate_limit: RateLimit | None = None  # UDP response rate limiting; None: off
+    admin: tuple[str, int] | None = DEFAULT_ADDRESS  # admin endpoint (every part's resources); None: off
 
 
 class App:
-    def __init__(self, config: ServeConfig, reactor: Any, ondemand: Any = None, arrowhead: Any = None) -> None:
+    def __init__(self, config: ServeConfig, reactor: IReactorTime, ondemand: OnDemandConfig | None = None,
+                 arrowhead: ArrowheadConfig | None = None) -> None:
         """``ondemand``: an OnDemandConfig (None: on-demand hosts are served
         as static records); ``arrowhead``: an ArrowheadConfig (None: off)."""
         self.config = config
@@ -67,6 +75,7 @@ class App:
         self.watcher = ZoneWatcher(config.zones, self.apply_zones, config.reload_interval, reactor)
         self.ports: tuple = ()
         self.metrics_port = None
+        self.admin_port = None
 
     def clear_answers(self) -> None:
         self.responder.clear_cache()
@@ -109,8 +118,9 @@ class App:
     def start(self) -> None:
         """Start the parts that work in the background once the reactor runs:
         libvirt (adopting running VMs) and Arrowhead publishing."""
+        if self.config.admin is not None:
+            self.admin_port = listen_admin(self.reactor, self.config.admin, self.admin_resources())
         if self.ondemand is not None:
-            self.ondemand.listen_admin(self.arrowhead.status if self.arrowhead is not None else None)
             self.reactor.callWhenRunning(self.ondemand.start)
         if self.arrowhead is not None:
             from summoner.arrowhead.publisher import published_services
@@ -125,11 +135,18 @@ class App:
                 arrowhead.update_services([])
             arrowhead.start()
 
+    def admin_resources(self) -> Resources:
+        """Every part's admin resources: ``/services`` (on-demand), ``/arrowhead``."""
+        resources = dict(self.ondemand.admin_resources()) if self.ondemand is not None else {}
+        if self.arrowhead is not None:
+            resources[b"arrowhead"] = JSONStatus(self.arrowhead.status)
+        return resources
+
     def stop(self) -> defer.Deferred:
         """Clean shutdown: Arrowhead withdraws what it published; VMs keep
         running for the next start to adopt."""
         self.watcher.stop()
-        ports = list(self.ports) + ([self.metrics_port] if self.metrics_port else [])
+        ports = [*self.ports, *(p for p in (self.metrics_port, self.admin_port) if p is not None)]
         stopping = [stop_listening(tuple(ports))]
         if self.ondemand is not None:
             stopping.append(self.ondemand.stop())

@@ -1,4 +1,8 @@
-"""The ``summoner`` command line."""
+"""The ``summoner`` command line.
+
+Tests: tests/test_configfile.py (every serve option), tests/test_zonefile.py (check),
+tests/test_arrowhead_dns.py and tests/vm/test_e2e.py (serve, status).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,12 @@ import sys
 from pathlib import Path
 
 from summoner import __version__
+from summoner.admin import parse_admin
+from summoner.app import ServeConfig
 from summoner.arrowhead.config import ArrowheadConfigError, config_from_args
 from summoner.arrowhead.config import add_cli_arguments as add_arrowhead_arguments
-from summoner.doctor import add_doctor_command
 from summoner.netaddr import host_port
+from summoner.ratelimit import RateLimit
 from summoner.vm.cli import (
     add_admin_commands,
     add_check_arguments,
@@ -18,6 +24,7 @@ from summoner.vm.cli import (
     check_on_demand,
     on_demand_config,
 )
+from summoner.vm.doctor import add_doctor_command
 from summoner.zonefile import ZoneError, load_zone_dir
 
 
@@ -29,37 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the DNS server")
     serve.add_argument("--config", type=Path, metavar="FILE",
                        help="TOML file of serve options (keys: the flag names without dashes); flags override it")
-    serve.add_argument("--listen", type=host_port, default=("127.0.0.1", 5353), metavar="ADDR:PORT",
-                       help="DNS address, UDP and TCP (default 127.0.0.1:5353; IPv6 as [::1]:5353)")
-    serve.add_argument("--zones", type=Path, default=Path("zones"), metavar="DIR",
-                       help="directory of *.zone files (default zones/)")
-    serve.add_argument("--metrics", type=host_port, default=("127.0.0.1", 9153), metavar="ADDR:PORT",
-                       help="Prometheus endpoint, path /metrics (default 127.0.0.1:9153)")
-    serve.add_argument("--no-metrics", action="store_true", help="do not serve metrics")
-    serve.add_argument("--log-format", choices=("human", "json"), default="human",
-                       help="log line format (default human)")
-    serve.add_argument("--log-level", choices=("debug", "info", "warn", "error"), default="info")
-    serve.add_argument("--tcp-idle-timeout", type=float, default=10.0, metavar="SECONDS",
-                       help="close idle DNS TCP connections after this long (default 10)")
-    serve.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
-                       help="how often the zone directory is checked for changes (default 1)")
-    rrl = serve.add_argument_group("response rate limiting (UDP; TCP is never limited)")
-    rrl.add_argument("--rrl-rate", type=_non_negative, default=0.0, metavar="N",
-                     help="answers per second to one client network beyond which UDP answers are held back "
-                          "(default 0: off; 20 is a common setting for a public authoritative server)")
-    rrl.add_argument("--rrl-slip", type=int, default=2, metavar="N",
-                     help="every N-th held-back answer is sent truncated, so real clients retry over TCP; "
-                          "0 drops them all (default 2)")
-    rrl.add_argument("--rrl-ipv4-prefix", type=int, default=24, metavar="BITS",
-                     help="IPv4 prefix length of a client network (default 24)")
-    rrl.add_argument("--rrl-ipv6-prefix", type=int, default=56, metavar="BITS",
-                     help="IPv6 prefix length of a client network (default 56)")
+    _add_serve_options(serve)
     add_arrowhead_arguments(serve)
     add_serve_arguments(serve)
     serve.set_defaults(run=run_serve, options_parser=serve, config_schema=serve)
 
     check = commands.add_parser("check", help="validate zone files and exit")
-    check.add_argument("--zones", type=Path, default=Path("zones"), metavar="DIR")
+    check.add_argument("--zones", type=Path, default=ServeConfig.zones, metavar="DIR")
     add_check_arguments(check)
     check.set_defaults(run=run_check)
     add_admin_commands(commands)
@@ -76,6 +59,58 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--images", type=Path, default=Path("images"), metavar="DIR")
     build.set_defaults(run=run_image_build)
     return parser
+
+
+def _address(address: tuple[str, int] | None) -> str:
+    if address is None:
+        return "off"
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _add_serve_options(serve: argparse.ArgumentParser) -> None:
+    """The DNS, metrics, admin and rate limiting options; defaults from ServeConfig and RateLimit."""
+    d, r = ServeConfig(), RateLimit(0.0)
+    serve.add_argument("--listen", type=host_port, default=d.listen, metavar="ADDR:PORT",
+                       help=f"DNS address, UDP and TCP (default {_address(d.listen)}; IPv6 as [::1]:5353)")
+    serve.add_argument("--zones", type=Path, default=d.zones, metavar="DIR",
+                       help=f"directory of *.zone files (default {d.zones}/)")
+    serve.add_argument("--metrics", type=host_port, default=d.metrics, metavar="ADDR:PORT",
+                       help=f"Prometheus endpoint, path /metrics (default {_address(d.metrics)})")
+    serve.add_argument("--no-metrics", action="store_true", help="do not serve metrics")
+    serve.add_argument("--admin", type=parse_admin, default=d.admin, metavar="ADDR:PORT",
+                       help="admin endpoint (summoner status/summon/stop; /services, /arrowhead), loopback "
+                            f"by default, 'off' to disable (default: {_address(d.admin)})")
+    serve.add_argument("--log-format", choices=("human", "json"), default="human",
+                       help="log line format (default human)")
+    serve.add_argument("--log-level", choices=("debug", "info", "warn", "error"), default="info")
+    serve.add_argument("--tcp-idle-timeout", type=float, default=d.tcp_idle_timeout, metavar="SECONDS",
+                       help="close idle DNS TCP connections after this long (default %(default)s)")
+    serve.add_argument("--reload-interval", type=float, default=d.reload_interval, metavar="SECONDS",
+                       help="how often the zone directory is checked for changes (default %(default)s)")
+    rrl = serve.add_argument_group("response rate limiting (UDP; TCP is never limited)")
+    rrl.add_argument("--rrl-rate", type=_non_negative, default=0.0, metavar="N",
+                     help="answers per second to one client network beyond which UDP answers are held back "
+                          "(default 0: off; 20 is a common setting for a public authoritative server)")
+    rrl.add_argument("--rrl-slip", type=int, default=r.slip, metavar="N",
+                     help="every N-th held-back answer is sent truncated, so real clients retry over TCP; "
+                          "0 drops them all (default %(default)s)")
+    rrl.add_argument("--rrl-ipv4-prefix", type=int, default=r.ipv4_prefix, metavar="BITS",
+                     help="IPv4 prefix length of a client network (default %(default)s)")
+    rrl.add_argument("--rrl-ipv6-prefix", type=int, default=r.ipv6_prefix, metavar="BITS",
+                     help="IPv6 prefix length of a client network (default %(default)s)")
+
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """``summoner serve``'s ServeConfig from its parsed options."""
+    return ServeConfig(
+        listen=args.listen, zones=args.zones,
+        metrics=None if args.no_metrics else args.metrics,
+        tcp_idle_timeout=args.tcp_idle_timeout, reload_interval=args.reload_interval,
+        rate_limit=RateLimit(args.rrl_rate, args.rrl_slip, args.rrl_ipv4_prefix, args.rrl_ipv6_prefix)
+        if args.rrl_rate > 0 else None,
+        admin=args.admin,
+    )
 
 
 def _non_negative(text: str) -> float:
@@ -116,17 +151,10 @@ def run_check(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
 
-    from summoner.app import App, ServeConfig
+    from summoner.app import App
     from summoner.logs import start_logging
-    from summoner.ratelimit import RateLimit
 
-    config = ServeConfig(
-        listen=args.listen, zones=args.zones,
-        metrics=None if args.no_metrics else args.metrics,
-        tcp_idle_timeout=args.tcp_idle_timeout, reload_interval=args.reload_interval,
-        rate_limit=RateLimit(args.rrl_rate, args.rrl_slip, args.rrl_ipv4_prefix, args.rrl_ipv6_prefix)
-        if args.rrl_rate > 0 else None,
-    )
+    config = serve_config(args)
     try:
         arrowhead_config = config_from_args(args)
     except ArrowheadConfigError as exc:

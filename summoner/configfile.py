@@ -19,6 +19,8 @@ command line override the file, repeatable ones included (``--images X``
 replaces the file's ``images``).  Problems read ``FILE: KEY: reason`` (a TOML
 syntax error ``FILE: line N: reason``).  The file is read once, at start;
 SIGHUP reloads zones and images, not this file.
+
+Tests: tests/test_configfile.py (deploy/summoner.toml must equal the defaults).
 """
 
 from __future__ import annotations

@@ -7,6 +7,11 @@ built here, so validation is strict and happens once, at load time, with
 messages that name the file and the key (``images/hello/image.toml:
 boot.kernel: ...``): a typo in a manifest must fail ``summoner check``, not a
 DNS query at 3 a.m.
+
+The modes every layer shares (``STOP_MODES``) are defined here, the lowest
+module that needs them; the on-demand part imports them.
+
+Tests: tests/test_images.py.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from types import EllipsisType
+from typing import Any, TypeVar, overload
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +164,18 @@ class _Table:
     def error(self, key: str, message: str) -> ManifestError:
         return ManifestError(f"{self.source}: {self.prefix}{key}: {message}")
 
-    def get(self, key: str, kind: type[T] | tuple[type, ...], default: Any = ..., *,
-            check: Callable[[Any], str | None] | None = None) -> Any:
+    @overload
+    def get(self, key: str, kind: type[T] | tuple[type[T], ...], default: T | EllipsisType = ..., *,
+            check: Callable[[T], str | None] | None = None) -> T: ...
+
+    @overload
+    def get(self, key: str, kind: type[T] | tuple[type[T], ...], default: None, *,
+            check: Callable[[T], str | None] | None = None) -> T | None: ...
+
+    def get(self, key: str, kind: type[T] | tuple[type[T], ...], default: T | EllipsisType | None = ..., *,
+            check: Callable[[T], str | None] | None = None) -> T | None:
+        """``key``'s value, of type ``kind`` and passing ``check``; ``default``
+        when it is missing (``...``: required)."""
         self.used.add(key)
         if key not in self.data:
             if default is ...:
@@ -175,7 +191,7 @@ class _Table:
             raise self.error(key, problem)
         return value
 
-    def choice(self, key: str, choices: tuple[str, ...], default: Any = ...) -> str:
+    def choice(self, key: str, choices: tuple[str, ...], default: str | EllipsisType = ...) -> str:
         return self.get(key, str, default,
                         check=lambda v: None if v in choices else f"must be one of {', '.join(choices)}; got {v!r}")
 

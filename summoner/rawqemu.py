@@ -5,6 +5,8 @@ The flags mirror the domain summoner defines through libvirt (TCG, machine
 from the manifest, user networking with one forwarded port, a virtio NIC
 without option ROM, kernel ``ip=`` settings), so a boot time measured here is
 the floor for what summoner can achieve; the difference is libvirt's own cost.
+
+Tests: tests/test_images.py (its boots are marked vm); bench/raw_boot.py uses it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from summoner.images import ImageManifest
 from summoner.vm.domxml import USER_GUEST_IP
@@ -119,7 +121,7 @@ def _start_attempt(selector: selectors.BaseSelector, host: str, port: int, now: 
     selector.register(sock, selectors.EVENT_WRITE, _Attempt(now))
 
 
-def _close(selector: selectors.BaseSelector, sock: Any) -> None:
+def _close(selector: selectors.BaseSelector, sock: socket.socket) -> None:
     selector.unregister(sock)
     sock.close()
 

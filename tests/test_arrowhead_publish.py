@@ -170,3 +170,32 @@ def test_on_demand_hosts_become_published_services():
         PublishedService("hello.example.org", "hello", 8080, "hello", "/"),
         PublishedService("tasks.example.org", "todo", 80, "tasks", "/api", {"team": "ops"}),
     ]
+
+
+def test_no_on_demand_server_still_serves_the_arrowhead_status_page(start_server, arrowhead_double):
+    """The admin endpoint belongs to the top: without the on-demand part,
+    /arrowhead is there, /services is a JSON 404 and ``summoner status`` says so."""
+    import json
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from tests.arrowhead_double.fixtures import wait_for
+    from tests.conftest import EXAMPLE_ZONES, ROOT
+    server = start_server(EXAMPLE_ZONES, "--no-on-demand", "--arrowhead-orchestrator", arrowhead_double.http,
+                          "--arrowhead-registry", arrowhead_double.http, "--arrowhead-domain", "ah.test")
+    base = f"http://127.0.0.1:{server.admin_port}"
+    wait_for(lambda: json.load(urllib.request.urlopen(base + "/arrowhead", timeout=5))["registry"]["system"]
+             ["state"] == "registered", what="summoner's system registration on /arrowhead")
+    status = json.load(urllib.request.urlopen(base + "/arrowhead", timeout=5))
+    assert status["orchestrator"]["state"] == "up" and status["registry"]["services"] == []
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(base + "/services", timeout=5)
+    assert missing.value.code == 404 and "error" in json.loads(missing.value.read())
+    done = subprocess.run([sys.executable, "-m", "summoner", "status", "--admin", base], capture_output=True,
+                          text=True, cwd=ROOT, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "no on-demand part" in done.stdout and "registry: system registered" in done.stdout
+    assert "libvirt" not in server.log()
+    assert server.stop() == 0

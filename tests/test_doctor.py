@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from summoner.doctor import can_open
+from summoner.vm.doctor import can_open
 from tests.conftest import EXAMPLE_ZONES, ROOT, summoner_command
 from tests.vm.conftest import vm_env  # noqa: F401 (fixture: libvirtd up, images built)
 

@@ -1,4 +1,10 @@
-"""Arrowhead configuration: command-line flags and the checked config object."""
+"""Arrowhead configuration: command-line flags and the checked config object.
+
+The dataclass ``ArrowheadConfig`` holds every default; the flags take theirs from it.
+
+Tests: tests/test_arrowhead_secure.py (TLS and name checks), tests/test_arrowhead_dns.py,
+tests/test_configfile.py (the flags as file keys).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from summoner.arrowhead.client import SystemRef, TLSConfigError, TLSMaterial, load_tls
+from summoner.arrowhead.client import SystemRef
+from summoner.arrowhead.tls import TLSConfigError, TLSMaterial, load_tls
+from summoner.resolution import name_key
 
 # use_strict_service_definition_verifier (the upstream default) and system names.
 NAME_RE = re.compile(r"^[A-Za-z](?:[0-9A-Za-z-]*[0-9A-Za-z])?$")
@@ -46,11 +54,11 @@ class ServiceMapping:
 
 @dataclass(frozen=True)
 class ArrowheadConfig:
-    orchestrator_url: str | None
-    registry_url: str | None
-    system_name: str
-    system_address: str
-    system_port: int
+    orchestrator_url: str | None = None
+    registry_url: str | None = None
+    system_name: str = "summoner"
+    system_address: str = "127.0.0.1"
+    system_port: int = 53
     domains: tuple[str, ...] = ()
     zone_names: bool = True
     mappings: tuple[ServiceMapping, ...] = (ServiceMapping(),)
@@ -81,6 +89,7 @@ class ArrowheadConfig:
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``--arrowhead-*`` flags; without the first two, Arrowhead is off."""
+    d = ArrowheadConfig()
     group = parser.add_argument_group(
         "Arrowhead", "Resolve names summoner does not hold through an Eclipse Arrowhead 4.x Orchestrator, "
         "and publish on-demand hosts in its Service Registry. Off unless a URL is given.")
@@ -92,15 +101,15 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
              "register summoner's own system, which orchestration requires)")
     add("--arrowhead-system-name", metavar="NAME",
         help="summoner's Arrowhead system name (default: the certificate's first CN label in secure mode, "
-             "'summoner' otherwise; a mismatch with the certificate is an error)")
-    add("--arrowhead-system-address", metavar="ADDR", default="127.0.0.1",
+             f"'{d.system_name}' otherwise; a mismatch with the certificate is an error)")
+    add("--arrowhead-system-address", metavar="ADDR", default=d.system_address,
         help="address summoner's system is registered with; authorization rules match it exactly "
              "(default %(default)s)")
-    add("--arrowhead-system-port", metavar="PORT", type=int, default=53,
+    add("--arrowhead-system-port", metavar="PORT", type=int, default=d.system_port,
         help="port summoner's system is registered with (default %(default)s)")
     add("--arrowhead-domain", metavar="DOMAIN", action="append", default=[],
         help="resolve every name under DOMAIN through Arrowhead (repeatable)")
-    add("--arrowhead-zone-names", action=argparse.BooleanOptionalAction, default=True,
+    add("--arrowhead-zone-names", action=argparse.BooleanOptionalAction, default=d.zone_names,
         help="resolve through Arrowhead the names inside served zones that are neither records nor "
              "on-demand hosts (default on)")
     add("--arrowhead-map", metavar="SUFFIX [KEY=VALUE ...]", nargs="+", action="append", default=[],
@@ -111,28 +120,28 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         help="interface requirement of the default mapping, e.g. HTTP-INSECURE-JSON (repeatable)")
     add("--arrowhead-security", metavar="TYPE", action="append", default=[],
         help="security requirement of the default mapping (repeatable)")
-    add("--arrowhead-matchmaking", action=argparse.BooleanOptionalAction, default=True,
+    add("--arrowhead-matchmaking", action=argparse.BooleanOptionalAction, default=d.matchmaking,
         help="let the Orchestrator pick one provider (default on; off returns every provider as "
              "several records)")
-    add("--arrowhead-ping-providers", action=argparse.BooleanOptionalAction, default=False,
+    add("--arrowhead-ping-providers", action=argparse.BooleanOptionalAction, default=d.ping_providers,
         help="ask the Service Registry to TCP-ping providers first (slow: 5 s per dead provider upstream)")
-    add("--arrowhead-intercloud", action=argparse.BooleanOptionalAction, default=False,
+    add("--arrowhead-intercloud", action=argparse.BooleanOptionalAction, default=d.intercloud,
         help="set enableInterCloud, so a Gatekeeper may find providers in neighbour clouds")
-    add("--arrowhead-metadata-search", action=argparse.BooleanOptionalAction, default=None,
+    add("--arrowhead-metadata-search", action=argparse.BooleanOptionalAction, default=d.metadata_search,
         help="set metadataSearch (default: on exactly when a mapping has meta.* requirements, since the "
              "Orchestrator discards them otherwise)")
-    add("--arrowhead-ttl", metavar="SECONDS", type=int, default=30,
+    add("--arrowhead-ttl", metavar="SECONDS", type=int, default=d.ttl,
         help="lifetime of a cached orchestration result; answer TTLs count down from it (default %(default)s)")
-    add("--arrowhead-deadline", metavar="SECONDS", type=float, default=2.0,
+    add("--arrowhead-deadline", metavar="SECONDS", type=float, default=d.deadline,
         help="answer SERVFAIL when the Orchestrator has not answered within this time (default %(default)s)")
-    add("--arrowhead-circuit-threshold", metavar="N", type=int, default=3,
+    add("--arrowhead-circuit-threshold", metavar="N", type=int, default=d.circuit_threshold,
         help="consecutive Orchestrator failures that open the circuit (default %(default)s)")
-    add("--arrowhead-circuit-cooldown", metavar="SECONDS", type=float, default=10.0,
+    add("--arrowhead-circuit-cooldown", metavar="SECONDS", type=float, default=d.circuit_cooldown,
         help="how long an open circuit answers SERVFAIL at once before probing again (default %(default)s)")
-    add("--arrowhead-publish", action=argparse.BooleanOptionalAction, default=True,
+    add("--arrowhead-publish", action=argparse.BooleanOptionalAction, default=d.publish,
         help="register on-demand hosts in the Service Registry (default on when --arrowhead-registry is set)")
     add("--arrowhead-publish-interface", metavar="NAME", action="append", default=[],
-        help="interface of published services (repeatable; default HTTP-INSECURE-JSON)")
+        help=f"interface of published services (repeatable; default {' '.join(d.publish_interfaces)})")
     add("--arrowhead-cert", metavar="PEM", help="client certificate (PEM, chain after it allowed)")
     add("--arrowhead-key", metavar="PEM", help="private key of --arrowhead-cert (PEM)")
     add("--arrowhead-pkcs12", metavar="P12",
@@ -162,35 +171,8 @@ def config_from_args(args: argparse.Namespace) -> ArrowheadConfig | None:
     if len(schemes) > 1:
         raise ArrowheadConfigError("the Orchestrator and Service Registry URLs must both be http or both https: "
                                    "a local cloud runs secure or insecure as a whole")
-    secure = schemes == {"https"}
-    has_keys = any((args.arrowhead_cert, args.arrowhead_key, args.arrowhead_pkcs12))
-    tls = None
-    if secure:
-        try:
-            tls = load_tls(cert=args.arrowhead_cert, key=args.arrowhead_key, pkcs12_path=args.arrowhead_pkcs12,
-                           password=args.arrowhead_pkcs12_password, truststore=args.arrowhead_truststore,
-                           truststore_password=args.arrowhead_truststore_password,
-                           check_hostname=not args.arrowhead_no_hostname_check)
-        except TLSConfigError as exc:
-            raise ArrowheadConfigError(str(exc)) from exc
-    elif has_keys:
-        raise ArrowheadConfigError("client certificates are given but the Arrowhead URLs are http: use https "
-                                   "URLs for a secure cloud, or drop the certificate flags")
-    name = args.arrowhead_system_name
-    if tls is not None:
-        if not valid_name(tls.system_name) or len(tls.common_name.split(".")) != 5:
-            raise ArrowheadConfigError(f"client certificate CN {tls.common_name!r} is not an Arrowhead system CN "
-                                       "(<system>.<cloud>.<operator>.arrowhead.eu)")
-        if name and name.lower() != tls.system_name.lower():
-            raise ArrowheadConfigError(
-                f"--arrowhead-system-name {name!r} does not match the client certificate, whose CN "
-                f"{tls.common_name!r} makes the system name {tls.system_name!r}; the core systems would "
-                "reject every request (401)")
-        name = tls.system_name
-    name = (name or "summoner").lower()
-    if not valid_name(name):
-        raise ArrowheadConfigError(f"system name {name!r} is not valid in Arrowhead 4.4+ "
-                                   "(letters, digits and dashes, starting with a letter, no underscores)")
+    tls = _tls(args, secure=schemes == {"https"})
+    name = _system_name(args.arrowhead_system_name, tls)
     if not 0 <= args.arrowhead_system_port <= 65535:
         raise ArrowheadConfigError("--arrowhead-system-port must be between 0 and 65535")
     default = ServiceMapping(interfaces=_interfaces(args.arrowhead_interface),
@@ -203,14 +185,50 @@ def config_from_args(args: argparse.Namespace) -> ArrowheadConfig | None:
     return ArrowheadConfig(
         orchestrator_url=orchestrator, registry_url=registry, system_name=name,
         system_address=args.arrowhead_system_address, system_port=args.arrowhead_system_port,
-        domains=tuple(d.rstrip(".").lower() for d in args.arrowhead_domain), zone_names=args.arrowhead_zone_names,
+        domains=tuple(name_key(d) for d in args.arrowhead_domain), zone_names=args.arrowhead_zone_names,
         mappings=tuple(mappings), matchmaking=args.arrowhead_matchmaking,
         ping_providers=args.arrowhead_ping_providers, intercloud=args.arrowhead_intercloud,
         metadata_search=args.arrowhead_metadata_search, ttl=args.arrowhead_ttl, deadline=args.arrowhead_deadline,
         circuit_threshold=args.arrowhead_circuit_threshold, circuit_cooldown=args.arrowhead_circuit_cooldown,
         publish=args.arrowhead_publish and registry is not None,
-        publish_interfaces=_interfaces(args.arrowhead_publish_interface) or ("HTTP-INSECURE-JSON",),
+        publish_interfaces=_interfaces(args.arrowhead_publish_interface) or ArrowheadConfig.publish_interfaces,
         tls=tls)
+
+
+def _tls(args: argparse.Namespace, *, secure: bool) -> TLSMaterial | None:
+    """The key material of a secure (https) cloud; None for an insecure one."""
+    if not secure:
+        if any((args.arrowhead_cert, args.arrowhead_key, args.arrowhead_pkcs12)):
+            raise ArrowheadConfigError("client certificates are given but the Arrowhead URLs are http: use https "
+                                       "URLs for a secure cloud, or drop the certificate flags")
+        return None
+    try:
+        return load_tls(cert=args.arrowhead_cert, key=args.arrowhead_key, pkcs12_path=args.arrowhead_pkcs12,
+                        password=args.arrowhead_pkcs12_password, truststore=args.arrowhead_truststore,
+                        truststore_password=args.arrowhead_truststore_password,
+                        check_hostname=not args.arrowhead_no_hostname_check)
+    except TLSConfigError as exc:
+        raise ArrowheadConfigError(str(exc)) from exc
+
+
+def _system_name(name: str | None, tls: TLSMaterial | None) -> str:
+    """summoner's system name: the certificate's in secure mode (a different
+    --arrowhead-system-name is an error), else the flag's or the default."""
+    if tls is not None:
+        if not valid_name(tls.system_name) or len(tls.common_name.split(".")) != 5:
+            raise ArrowheadConfigError(f"client certificate CN {tls.common_name!r} is not an Arrowhead system CN "
+                                       "(<system>.<cloud>.<operator>.arrowhead.eu)")
+        if name and name.lower() != tls.system_name.lower():
+            raise ArrowheadConfigError(
+                f"--arrowhead-system-name {name!r} does not match the client certificate, whose CN "
+                f"{tls.common_name!r} makes the system name {tls.system_name!r}; the core systems would "
+                "reject every request (401)")
+        name = tls.system_name
+    name = (name or ArrowheadConfig.system_name).lower()
+    if not valid_name(name):
+        raise ArrowheadConfigError(f"system name {name!r} is not valid in Arrowhead 4.4+ "
+                                   "(letters, digits and dashes, starting with a letter, no underscores)")
+    return name
 
 
 def _url(value: str | None, flag: str) -> str | None:

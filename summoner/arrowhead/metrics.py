@@ -1,4 +1,7 @@
-"""Prometheus metrics of the Arrowhead stage and publisher (default registry)."""
+"""Prometheus metrics of the Arrowhead stage and publisher (default registry).
+
+Tests: tests/test_arrowhead_dns.py, tests/test_arrowhead_secure.py, tests/test_dashboard.py (the panels).
+"""
 
 from __future__ import annotations
 

@@ -8,15 +8,18 @@ back-off; a Service Registry that is down never delays DNS serving.
 summoner's system itself (the orchestration requester) is registered first and
 is never unregistered: Authorization rules refer to its database id, and
 removing the system would drop the operator's rules with it.
+
+Tests: tests/test_arrowhead_publish.py, tests/test_arrowhead_dns.py (end to end).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -24,8 +27,22 @@ from summoner.arrowhead import metrics
 from summoner.arrowhead.client import ArrowheadClient, ArrowheadError, ArrowheadHTTPError, SystemRef
 from summoner.arrowhead.config import ArrowheadConfig, valid_name
 from summoner.backoff import Backoff
+from summoner.resolution import name_key
 
 log = Logger(namespace="summoner.arrowhead")
+
+# What an inlineCallbacks method is before the decorator: it yields Deferreds.
+Steps = Generator[defer.Deferred[object], object, bool]
+
+
+class PublishableHost(Protocol):
+    """What ``published_services`` reads of a host (the on-demand part's
+    OnDemandHost; ``port`` and ``extra`` may be missing)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def image(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -42,10 +59,10 @@ class PublishedService:
     @property
     def key(self) -> tuple[str, str, int, str]:
         """What the Service Registry treats as one entry."""
-        return (self.service_definition.lower(), self.dns_name.rstrip(".").lower(), self.port, self.uri)
+        return (self.service_definition.lower(), name_key(self.dns_name), self.port, self.uri)
 
 
-def published_services(hosts: Iterable[Any], default_port: int = 80) -> list[PublishedService]:
+def published_services(hosts: Iterable[PublishableHost], default_port: int = 80) -> list[PublishedService]:
     """PublishedService for each on-demand host (anything with ``name``,
     ``image``, ``port`` and an ``extra`` dict of its ``_summoner`` TXT keys).
 
@@ -59,7 +76,7 @@ def published_services(hosts: Iterable[Any], default_port: int = 80) -> list[Pub
         extra = dict(getattr(host, "extra", None) or {})
         if extra.get("arrowhead", "on").lower() in ("off", "no", "false"):
             continue
-        name = str(host.name).rstrip(".").lower()
+        name = name_key(host.name)
         definition = extra.get("arrowhead-service") or name.split(".", 1)[0]
         if not valid_name(definition):
             log.warn("Arrowhead: not publishing {name}: {definition!r} is not a valid service definition "
@@ -82,7 +99,7 @@ class _Record:
 
 
 class ArrowheadPublisher:
-    def __init__(self, config: ArrowheadConfig, client: ArrowheadClient, own: SystemRef, reactor: Any, *,
+    def __init__(self, config: ArrowheadConfig, client: ArrowheadClient, own: SystemRef, reactor: IReactorTime, *,
                  first_retry: float = 1.0, max_retry: float = 60.0, request_timeout: float = 5.0) -> None:
         self.config = config
         self._client = client
@@ -97,7 +114,7 @@ class ArrowheadPublisher:
         self._started = False
         self._stopping = False
         self._run: defer.Deferred | None = None
-        self._retry_call: Any = None
+        self._retry_call: IDelayedCall | None = None
 
     # -- the app's interface
 
@@ -117,7 +134,7 @@ class ArrowheadPublisher:
         return defer.succeed(None)
 
     @defer.inlineCallbacks
-    def stop(self) -> Any:
+    def stop(self) -> Generator[defer.Deferred[object], object, None]:
         """Clean shutdown: unregister what was registered (bounded in time)."""
         self._stopping = True
         self._desired = {}
@@ -162,7 +179,7 @@ class ArrowheadPublisher:
             self._run = self._reconcile()
             self._run.addBoth(self._ran)
 
-    def _ran(self, outcome: Any) -> None:
+    def _ran(self, outcome: bool | Failure) -> None:
         self._run = None
         if isinstance(outcome, Failure):
             log.failure("Arrowhead publisher failed", outcome)
@@ -186,7 +203,7 @@ class ArrowheadPublisher:
             k not in wanted for k in self._records)
 
     @defer.inlineCallbacks
-    def _reconcile(self) -> Any:
+    def _reconcile(self) -> Steps:
         """One pass; True when everything is in place, False to retry later."""
         if self.system_state != "registered":
             if not (yield self._register_system()):
@@ -213,7 +230,7 @@ class ArrowheadPublisher:
         return ok
 
     @defer.inlineCallbacks
-    def _register_system(self) -> Any:
+    def _register_system(self) -> Steps:
         try:
             yield self._client.register_system(self._own, self._timeout)
             metrics.REGISTRATIONS.labels("system_registered").inc()
@@ -252,7 +269,7 @@ class ArrowheadPublisher:
         }
 
     @defer.inlineCallbacks
-    def _register(self, record: _Record) -> Any:
+    def _register(self, record: _Record) -> Steps:
         record.attempts += 1
         service = record.service
         result = "registered"
@@ -278,7 +295,7 @@ class ArrowheadPublisher:
         return False
 
     @defer.inlineCallbacks
-    def _unregister(self, record: _Record) -> Any:
+    def _unregister(self, record: _Record) -> Steps:
         service = record.service
         provider = SystemRef(self._own.system_name, service.dns_name.rstrip("."), service.port)
         try:

@@ -25,14 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, threads
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.resource import Resource
 
-from summoner import admin
 from summoner.images import ImageManifest, discover_images
-from summoner.metrics import QuietSite
 from summoner.resolution import name_key
 from summoner.vm.backend import Backend
 from summoner.vm.config import OnDemandConfig
@@ -74,7 +72,6 @@ class OnDemand:
         self.images: dict[str, ImageManifest] = images if images is not None else {}
         self._fixed_images = images is not None
         self._started = False
-        self._admin_port: Any = None
         # Called with published_hosts() whenever the hosts change (Arrowhead
         # publishes them).
         self.on_hosts_changed: list[Callable[[list[OnDemandHost]], None]] = []
@@ -111,7 +108,7 @@ class OnDemand:
     def check_host(self) -> defer.Deferred[None]:
         """``summoner doctor``'s quick checks, logged as warnings (start-up
         goes on: DNS matters more, and TCG works without KVM)."""
-        from summoner import doctor
+        from summoner.vm import doctor
         plan = doctor.Plan(self.config, zones=None, specs=[s.spec for s in self.fleet.services.values()])
 
         def report(findings: list[doctor.Finding]) -> None:
@@ -147,15 +144,11 @@ class OnDemand:
         if self._started:
             self.fleet.reconcile()
 
-    def stop(self) -> defer.Deferred[object]:
+    def stop(self) -> defer.Deferred[None]:
         """Stop watching; leave VMs running for the next start to adopt."""
         self.reaper.stop()
         self.fleet.shut_out("summoner stopping")
-        ds = [self.backend.stop()]
-        if self._admin_port is not None:
-            ds.append(defer.maybeDeferred(self._admin_port.stopListening))
-            self._admin_port = None
-        return defer.DeferredList(ds)
+        return self.backend.stop()
 
     # -- operator actions (admin endpoint) ----------------------------------------
 
@@ -169,7 +162,7 @@ class OnDemand:
         matches = [n for n in self.fleet.services if n.split(".", 1)[0] == key]
         return matches[0] if len(matches) == 1 else None
 
-    def summon(self, name: str) -> defer.Deferred:
+    def summon(self, name: str) -> defer.Deferred[dict[str, Any]]:
         svc = self.fleet.services[name]
         result = self.fleet.ensure_ready(svc)
         if isinstance(result, bool):
@@ -177,7 +170,7 @@ class OnDemand:
             return defer.succeed(self._result(name, result))
         return result.addCallback(lambda ok: self._result(name, ok))
 
-    def stop_service(self, name: str, mode: str | None = None) -> defer.Deferred:
+    def stop_service(self, name: str, mode: str | None = None) -> defer.Deferred[dict[str, Any]]:
         svc = self.fleet.services[name]
         if svc.state not in (State.READY, State.SUSPENDED):
             return defer.succeed(self._result(name, False, f"not running ({svc.state.value})"))
@@ -189,22 +182,7 @@ class OnDemand:
         return {"ok": ok, "name": name, "state": row.get("state"),
                 "error": error or (svc.last_error if svc and not ok else None), "service": row}
 
-    def admin_resource(self, arrowhead_status: Callable[[], dict[str, Any]] | None = None) -> Any:
-        return admin.admin_resource(self, arrowhead_status)
-
-    def listen_admin(self, arrowhead_status: Callable[[], dict[str, Any]] | None = None) -> Any:
-        """Listen on ``config.admin`` (loopback by default); None if disabled."""
-        if self.config.admin is None:
-            return None
-        host, port = self.config.admin
-        site = QuietSite(self.admin_resource(arrowhead_status))
-        try:
-            self._admin_port = self.reactor.listenTCP(port, site, interface=host)
-        except CannotListenError as exc:
-            # DNS matters more than the admin endpoint: serve without it.
-            log.error("admin endpoint disabled: cannot listen on {host}:{port}: {err}",
-                      host=host, port=port, err=exc.socketError)
-            return None
-        log.info("admin endpoint on http://{host}:{port}/services", host=host, port=port)
-        return self._admin_port
-
+    def admin_resources(self) -> dict[bytes, Resource]:
+        """``/services``: what this part adds to the top's admin endpoint."""
+        from summoner.vm.admin import admin_resources
+        return admin_resources(self)

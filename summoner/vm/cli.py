@@ -4,17 +4,26 @@
 hands ``on_demand_config(args)`` to its App, which builds the on-demand part.
 ``summoner status|summon|stop`` (``add_admin_commands``) talk to a running
 server's admin endpoint.
+
+Tests: tests/test_configfile.py (the flags), tests/vm/test_e2e.py (status, summon, stop).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from summoner import admin
-from summoner.vm.config import STOP_MODES, OnDemandConfig, add_cli_arguments, config_from_args
+from summoner.vm.config import NETWORK_MODES, STOP_MODES, OnDemandConfig, add_cli_arguments, config_from_args
+
+if TYPE_CHECKING:
+    from summoner.zonefile import Zone
+
+# What ``add_subparsers`` returns.
+Commands = argparse._SubParsersAction
 
 
 def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
@@ -29,17 +38,19 @@ def on_demand_config(args: argparse.Namespace) -> OnDemandConfig | None:
 
 
 def add_check_arguments(check: argparse.ArgumentParser) -> None:
+    d = OnDemandConfig()
     check.add_argument("--images", type=Path, action="append", default=None, metavar="DIR",
-                       help="image directories to check on-demand declarations against (default: images)")
-    check.add_argument("--network", choices=("user", "bridge"), default="user")
+                       help="image directories to check on-demand declarations against "
+                            f"(default: {' '.join(map(str, d.images))})")
+    check.add_argument("--network", choices=NETWORK_MODES, default=d.network)
 
 
-def check_on_demand(zones: Any, args: argparse.Namespace) -> list[str]:
+def check_on_demand(zones: Iterable[Zone], args: argparse.Namespace) -> list[str]:
     """``summoner check``: the on-demand declarations' problems (empty: fine)."""
     from summoner.vm.app import discover
     from summoner.vm.hosts import split_on_demand
     from summoner.zonefile import ZoneError
-    dirs = args.images or [Path("images")]
+    dirs = args.images or OnDemandConfig.images
     try:
         _zones, hosts = split_on_demand(zones, discover(dirs), args.network)
     except ZoneError as exc:
@@ -49,7 +60,7 @@ def check_on_demand(zones: Any, args: argparse.Namespace) -> list[str]:
     return []
 
 
-def add_admin_commands(commands: Any) -> None:
+def add_admin_commands(commands: Commands) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--admin", default=admin.DEFAULT_URL, metavar="URL",
                        help=f"admin endpoint of the running server (default {admin.DEFAULT_URL})")
@@ -70,7 +81,7 @@ def add_admin_commands(commands: Any) -> None:
     stop.set_defaults(run=run_stop)
 
 
-def _print(args: argparse.Namespace, result: Any) -> None:
+def _print(args: argparse.Namespace, result: list[dict[str, object]] | dict[str, object]) -> None:
     import json
     if args.json:
         print(json.dumps(result, indent=1))
@@ -93,7 +104,7 @@ def run_status(args: argparse.Namespace) -> int:
         import json
         print(json.dumps({"services": services, "arrowhead": arrowhead}, indent=1))
         return 0
-    print(admin.format_status(services))
+    print(admin.format_status(services) if services is not None else "no on-demand part (--no-on-demand)")
     if arrowhead is not None:
         print()
         print(admin.format_arrowhead(arrowhead))

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from summoner.netaddr import host_port
-
 VIRT_TYPES = ("auto", "kvm", "qemu")
 NETWORK_MODES = ("user", "bridge")
-STOP_MODES = ("destroy", "shutdown", "suspend")
 
 
 @dataclass(frozen=True)
@@ -31,7 +27,6 @@ class OnDemandConfig:
     memory_budget_mib: int = 4096
     max_concurrent_boots: int = 2
     answer_ttl: int = 10
-    admin: tuple[str, int] | None = ("127.0.0.1", 9154)
     reap_interval: float = 1.0
     # A VM may be reaped to make room only after this much idleness, so that a
     # burst of queries for N+1 services does not make them evict each other.
@@ -47,18 +42,6 @@ class OnDemandConfig:
     # cold query skips libvirt's domain start-up (the libvirt boot phase) and only waits
     # for the guest's own boot.
     standby: bool = False
-
-
-def parse_admin(text: str) -> tuple[str, int] | None:
-    """``ADDR:PORT`` (IPv6 as ``[::1]:PORT``), or ``off``."""
-    if text.lower() in ("off", "none", ""):
-        return None
-    host, port = host_port(text)
-    try:
-        ipaddress.ip_address(host)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"bad admin address {host!r}") from exc
-    return host, port
 
 
 def _positive_int(text: str) -> int:
@@ -94,8 +77,6 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                    help="boots in progress at once; more wait their turn (default: %(default)s)")
     g.add_argument("--answer-ttl", type=int, default=d.answer_ttl,
                    help="TTL of on-demand A/AAAA answers unless the zone says ttl= (default: %(default)s)")
-    g.add_argument("--admin", type=parse_admin, default=d.admin, metavar="ADDR:PORT",
-                   help="admin endpoint, loopback by default, 'off' to disable (default: 127.0.0.1:9154)")
     g.add_argument("--reap-interval", type=float, default=d.reap_interval,
                    help="seconds between idle checks (default: %(default)s)")
     g.add_argument("--evict-min-idle", type=float, default=d.evict_min_idle,
@@ -129,7 +110,6 @@ def config_from_args(args: argparse.Namespace) -> OnDemandConfig:
         memory_budget_mib=args.memory_budget_mib,
         max_concurrent_boots=args.max_concurrent_boots,
         answer_ttl=args.answer_ttl,
-        admin=args.admin,
         reap_interval=args.reap_interval,
         evict_min_idle=args.evict_min_idle,
         retry_backoff=args.retry_backoff,

@@ -11,14 +11,14 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 from twisted.web import resource, server
 
+from summoner.vm.backend import NotConnectedError
 from summoner.vm.config import OnDemandConfig
 from summoner.vm.domxml import NetworkSettings, domain_xml, parse_metadata
-from summoner.vm.backend import NotConnectedError
 from summoner.vm.libvirt_backend import LibvirtBackend
 from summoner.vm.logtail import tail_file
-from summoner.vm.traffic import parse_proc_net_tcp, parse_usernet
 from summoner.vm.probe import Probe, ProbeTimeoutError
 from summoner.vm.spec import build_spec
+from summoner.vm.traffic import parse_proc_net_tcp, parse_usernet
 from tests.vm.fakes import host, manifest
 
 

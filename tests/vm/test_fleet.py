@@ -12,8 +12,8 @@ from twisted.trial import unittest
 
 from summoner.resolution import Answer, Query
 from summoner.vm.app import OnDemand
-from summoner.vm.config import OnDemandConfig
 from summoner.vm.backend import DomainEvent
+from summoner.vm.config import OnDemandConfig
 from summoner.vm.lifecycle import State
 from tests.vm.fakes import FakeBackend, host, manifest
 
@@ -255,7 +255,7 @@ class FleetTest(unittest.TestCase):
         yield od.start()
         yield od.stage.resolve(Query.of("hello.example.org", "A"))
         # A second summoner over the same "libvirt": adopts, does not boot.
-        od2 = OnDemand(OnDemandConfig(admin=None, virt_type="qemu"), reactor,
+        od2 = OnDemand(OnDemandConfig(virt_type="qemu"), reactor,
                        backend=self.backend, images=images)
         od2.update_hosts([host("hello", "127.0.0.90", "hello")])
         yield od2.start()
@@ -275,7 +275,7 @@ class FleetTest(unittest.TestCase):
             domain = f"summoner-{label}.example.org"
             old_uuid = self.backend.domains[domain]["uuid"]
             # A restarted summoner whose image or declaration changed meanwhile.
-            od2 = OnDemand(OnDemandConfig(admin=None, virt_type="qemu"), reactor,
+            od2 = OnDemand(OnDemandConfig(virt_type="qemu"), reactor,
                            backend=self.backend, images=changed_images)
             od2.update_hosts([host(label, address, "hello", **changed_host)])
             yield od2.start()
@@ -317,7 +317,7 @@ class FleetTest(unittest.TestCase):
         yield od.stage.resolve(Query.of("b.example.org", "A"))
         # While "disconnected": b vanished without an event.
         self.backend.lose("summoner-b.example.org")
-        od2 = OnDemand(OnDemandConfig(admin=None, virt_type="qemu"), reactor,
+        od2 = OnDemand(OnDemandConfig(virt_type="qemu"), reactor,
                        backend=self.backend, images=images)
         od2.update_hosts([host("b", "127.0.0.94", "hello")])  # a was removed from the zone
         yield od2.start()
@@ -402,7 +402,7 @@ class FleetTest(unittest.TestCase):
         self.assertTrue(svc.standby)  # a new standby after the stop
         self.assertEqual(self.backend.creates, 2)
         # A restarted summoner takes the standby over instead of making another.
-        od2 = OnDemand(OnDemandConfig(admin=None, virt_type="qemu", standby=True), reactor,
+        od2 = OnDemand(OnDemandConfig(virt_type="qemu", standby=True), reactor,
                        backend=self.backend, images={"hello": manifest("hello")})
         od2.update_hosts([host("hello", "127.0.0.98", "hello")])
         yield od2.start()
@@ -471,7 +471,7 @@ class FleetTest(unittest.TestCase):
         self.assertIn('type="qemu"', self.backend.domains["summoner-hello.example.org"]["xml"])
         # The verdict is reused: a second start does not test-boot again.
         creates = self.backend.creates
-        od2 = OnDemand(OnDemandConfig(admin=None, virt_type="auto"), reactor,
+        od2 = OnDemand(OnDemandConfig(virt_type="auto"), reactor,
                        backend=self.backend, images={"hello": manifest("hello")})
         od2.update_hosts([host("hello", "127.0.0.101", "hello")])
         yield od2.start()

@@ -17,8 +17,8 @@ from summoner.vm.config import OnDemandConfig
 from summoner.vm.domxml import NetworkSettings, domain_xml
 from summoner.vm.libvirt_backend import LibvirtBackend
 from summoner.vm.probe import Probe
-from summoner.vm.traffic import traffic_seen
 from summoner.vm.spec import build_spec
+from summoner.vm.traffic import traffic_seen
 from tests.conftest import ROOT
 from tests.vm.conftest import URI
 from tests.vm.fakes import FakeBackend, host

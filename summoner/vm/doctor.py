@@ -1,4 +1,4 @@
-"""``summoner doctor``: is this host ready to summon VMs?
+"""``summoner doctor`` (the on-demand part's host checks): is this host ready to summon VMs?
 
 Checks the host the way an operator would before the first query, one line
 per check (ok / warn / fail, the figure, the fix).  ``serve`` runs the quick
@@ -9,10 +9,13 @@ anyway (``summoner_vm_boot_phase_seconds``).
 libvirt's own ``virt-host-validate`` is run and reported as it is rather than
 re-implemented; summoner's checks cover what it cannot know (which user QEMU
 runs as, libvirt's domain start-up time, the images' ports).
+
+Tests: tests/test_doctor.py, tests/vm/test_fresh_host.py.
 """
 
 from __future__ import annotations
 
+import argparse
 import enum
 import grp
 import os
@@ -24,13 +27,17 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, threads
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from summoner.vm.config import OnDemandConfig
 from summoner.vm.spec import VMSpec
+
+if TYPE_CHECKING:
+    from summoner.vm.libvirt_backend import LibvirtBackend
 
 KVM_DEVICE = Path("/dev/kvm")
 QEMU_CONF = Path("/etc/libvirt/qemu.conf")
@@ -221,7 +228,7 @@ def virt_host_validate() -> list[Finding]:
 
 # -- libvirt checks --------------------------------------------------------------
 
-async def check_libvirt(plan: Plan, reactor: Any, kvm_device_ok: bool) -> list[Finding]:
+async def check_libvirt(plan: Plan, reactor: IReactorTime, kvm_device_ok: bool) -> list[Finding]:
     from summoner.vm.libvirt_backend import LibvirtBackend
     backend = LibvirtBackend(plan.config.libvirt_uri, reactor, reconnect_min=3600, reconnect_max=3600)
     try:
@@ -233,7 +240,8 @@ async def check_libvirt(plan: Plan, reactor: Any, kvm_device_ok: bool) -> list[F
         await backend.stop()
 
 
-async def _libvirt_checks(plan: Plan, reactor: Any, backend: Any, kvm_device_ok: bool) -> list[Finding]:
+async def _libvirt_checks(plan: Plan, reactor: IReactorTime, backend: LibvirtBackend,
+                          kvm_device_ok: bool) -> list[Finding]:
     from summoner.vm.libvirt_backend import BackendError
     config = plan.config
     virt = "qemu" if config.virt_type == "qemu" else "kvm"
@@ -259,7 +267,8 @@ async def _libvirt_checks(plan: Plan, reactor: Any, backend: Any, kvm_device_ok:
     return findings
 
 
-async def _kvm_boot(plan: Plan, reactor: Any, backend: Any, kvm_device_ok: bool) -> tuple[Finding, str]:
+async def _kvm_boot(plan: Plan, reactor: IReactorTime, backend: LibvirtBackend,
+                    kvm_device_ok: bool) -> tuple[Finding, str]:
     from summoner.vm.kvmcheck import KvmBootCheck
     from summoner.vm.spec import missing_artifacts
     if not kvm_device_ok:
@@ -283,7 +292,7 @@ async def _kvm_boot(plan: Plan, reactor: Any, backend: Any, kvm_device_ok: bool)
                    figure=ms, unit="ms"), "qemu"
 
 
-async def _domain_start(plan: Plan, backend: Any, virt: str) -> Finding:
+async def _domain_start(plan: Plan, backend: LibvirtBackend, virt: str) -> Finding:
     from summoner.vm.domxml import empty_domain_xml
     from summoner.vm.libvirt_backend import BackendError
     name = f"{plan.config.domain_prefix}doctor-{os.getpid()}"
@@ -320,7 +329,7 @@ def host_checks(plan: Plan) -> list[Finding]:
     return findings + virt_host_validate()
 
 
-async def diagnose(plan: Plan, reactor: Any) -> list[Finding]:
+async def diagnose(plan: Plan, reactor: IReactorTime) -> list[Finding]:
     """Every check, in the order an operator would follow them."""
     findings: list[Finding] = []
     if plan.zones is not None:
@@ -349,7 +358,7 @@ def run(plan: Plan) -> list[Finding]:
 
 # -- the command -----------------------------------------------------------------
 
-def add_doctor_command(commands: Any) -> Any:
+def add_doctor_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from summoner.vm.config import add_cli_arguments
     doctor = commands.add_parser("doctor", help="check that this host can summon VMs (exit 1 on any fail)")
     doctor.add_argument("--zones", type=Path, default=Path("zones"), metavar="DIR",
@@ -360,7 +369,7 @@ def add_doctor_command(commands: Any) -> Any:
     return doctor
 
 
-def run_doctor(args: Any) -> int:
+def run_doctor(args: argparse.Namespace) -> int:
     import json
     import logging
 
