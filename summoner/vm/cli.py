@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from summoner import admin
-from summoner.vm.config import NETWORK_MODES, STOP_MODES, OnDemandConfig, add_cli_arguments, config_from_args
+from summoner.images import STOP_MODES
+from summoner.vm.config import NETWORK_MODES, OnDemandConfig, add_cli_arguments, config_from_args
 
 if TYPE_CHECKING:
     from summoner.zonefile import Zone

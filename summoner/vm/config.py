@@ -6,6 +6,8 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from summoner.images import STOP_MODES
+
 VIRT_TYPES = ("auto", "kvm", "qemu")
 NETWORK_MODES = ("user", "bridge")
 

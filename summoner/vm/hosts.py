@@ -23,7 +23,7 @@ from typing import Any
 
 from dnslib import QTYPE, RR
 
-from summoner.vm.config import STOP_MODES
+from summoner.images import STOP_MODES
 from summoner.zonefile import ZoneError
 
 LABEL = "_summoner"

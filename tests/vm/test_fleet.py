@@ -26,7 +26,6 @@ class FleetTest(unittest.TestCase):
     timeout = 30
 
     def make(self, hosts, images, boot_delay: float = 0.05, **config) -> OnDemand:
-        config.setdefault("admin", None)
         config.setdefault("virt_type", "qemu")
         config.setdefault("reap_interval", 0.1)
         self.backend = FakeBackend(boot_delay)
