@@ -90,6 +90,10 @@ class Service:
         """Demand seen (a DNS query, cached replays included)."""
         self.last_demand = self.clock()
 
+    def hit(self) -> bool:
+        self.touch()
+        return self.state is State.READY
+
     def last_used(self) -> float:
         return max(self.last_demand, self.last_activity, self.started_at or 0.0)
 
