@@ -2,6 +2,8 @@
 metrics, the on-demand part (libvirt) and the Arrowhead part when configured.
 
 The stages never see each other; this is the one place that knows them all.
+
+Tests: tests/test_reload.py, tests/test_dns_conformance.py (``summoner serve`` as a process)
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 
 from summoner import metrics
@@ -24,6 +27,10 @@ from summoner.static import StaticStage
 from summoner.wire import Responder
 from summoner.zonefile import ZoneSet, load_zone_dir
 from summoner.zonewatch import ZoneWatcher, record_loaded
+
+if TYPE_CHECKING:
+    from summoner.arrowhead.config import ArrowheadConfig
+    from summoner.vm.config import OnDemandConfig
 
 log = Logger(namespace="summoner")
 
@@ -43,9 +50,11 @@ class ServeConfig:
 
 
 class App:
-    def __init__(self, config: ServeConfig, reactor: Any, ondemand: Any = None, arrowhead: Any = None) -> None:
-        """``ondemand``: an OnDemandConfig (None: on-demand hosts are served
-        as static records); ``arrowhead``: an ArrowheadConfig (None: off)."""
+    def __init__(self, config: ServeConfig, reactor: IReactorCore, ondemand: OnDemandConfig | None = None,
+                 arrowhead: ArrowheadConfig | None = None) -> None:
+        """``reactor``: the running reactor (core, time, TCP, UDP);
+        ``ondemand``: None: on-demand hosts are served as static records;
+        ``arrowhead``: None: off."""
         self.config = config
         self.reactor = reactor
         self.static = StaticStage()
@@ -60,7 +69,7 @@ class App:
         self.arrowhead = None
         if arrowhead is not None:
             from summoner.arrowhead import build
-            self.arrowhead = build(arrowhead, self.static.find_zone, reactor)
+            self.arrowhead = build(arrowhead, reactor)
             stages.append(self.arrowhead.stage)  # last: it takes what the others leave
         self.chain = Chain(stages)
         self.responder = Responder(self.chain)

@@ -4,7 +4,9 @@ Three paths, fastest first:
 
 1. *replay*: an identical question (everything after the 2-byte ID, EDNS
    options included) that a stage allowed to be replayed (on-demand and
-   Arrowhead answers) gets its pre-encoded response with the ID patched in;
+   Arrowhead answers) gets its pre-encoded response with the ID patched in,
+   as long as the answer's ``on_hit`` says it still holds (otherwise that
+   one entry is dropped and the query resolved afresh);
 2. *compiled*: a query of the usual shape (one IN question, at most an OPT
    record) is parsed here without dnslib, and the chain's compiled stage
    answers it from encoded fragments (``summoner.compiled``): every static
@@ -14,6 +16,8 @@ Three paths, fastest first:
 
 All three follow RFC 6891 for EDNS (OPT echoed with the DO bit, RFC 3225)
 and truncate UDP answers that do not fit.
+
+Tests: tests/test_wire.py
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSRecord
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from summoner import metrics
 from summoner.compiled import Fragment
@@ -126,7 +131,7 @@ class _Cached:
     expires: float  # time.perf_counter() deadline; inf for answers that do not age
     qtype: int
     rcode: int
-    on_hit: Callable[[], None] | None
+    on_hit: Callable[[], bool] | None  # False: the answer no longer holds
 
 
 class RejectLog:
@@ -162,18 +167,19 @@ class Responder:
         self.reject = RejectLog()
 
     def clear_cache(self) -> None:
-        """Forget every pre-encoded answer; stages call this when answers change."""
+        """Forget every pre-encoded answer (the app does, on a zone reload)."""
         for cache in self._caches.values():
             cache.clear()
 
     def respond(self, data: bytes, protocol: str) -> bytes | defer.Deferred | None:
         started = time.perf_counter()
-        entry = self._caches[protocol].get(data[2:])
+        cache = self._caches[protocol]
+        entry = cache.get(data[2:])
         if entry is not None and started < entry.expires:
-            if entry.on_hit is not None:
-                entry.on_hit()
-            _STATS.record(protocol, entry.qtype, entry.rcode, time.perf_counter() - started)
-            return data[:2] + entry.tail
+            if entry.on_hit is None or entry.on_hit():
+                _STATS.record(protocol, entry.qtype, entry.rcode, time.perf_counter() - started)
+                return data[:2] + entry.tail
+            cache.pop(data[2:], None)  # stale: this one answer is resolved afresh
         try:
             hot = parse_hot(data)
             if hot is not None:
@@ -260,7 +266,7 @@ class Responder:
             cache.clear()  # cheaper than LRU bookkeeping on every hit
         cache[data[2:]] = entry
 
-    def _chain_failed(self, failure) -> Answer:
+    def _chain_failed(self, failure: Failure) -> Answer:
         log.failure("resolution failed", failure)
         return servfail()
 
@@ -295,8 +301,6 @@ class Responder:
         if len(packed) > limit:
             packed = self._truncated(request, header, opt, extended)
         qtype = request.q.qtype
-        if answer.on_hit is not None:
-            answer.on_hit()
         if answer.cacheable:
             lifetime = answer.cache_seconds
             expires = started + lifetime if lifetime is not None else math.inf

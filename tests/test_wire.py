@@ -23,10 +23,10 @@ class CountingStage:
         self.cache_seconds = cache_seconds
         self.claimed = claimed
 
-    def claims(self, key: str) -> bool:
+    def claims(self, key: str, zone=None) -> bool:
         return key == self.claimed
 
-    def resolve(self, query: Query) -> Answer | None:
+    def resolve(self, query: Query, earlier=None) -> Answer | None:
         if query.key != self.claimed:
             return None
         self.calls += 1
@@ -78,7 +78,7 @@ def test_a_failing_stage_gives_servfail_not_an_exception() -> None:
     class Broken:
         name = "broken"
 
-        def resolve(self, query: Query) -> Answer:
+        def resolve(self, query: Query, earlier=None) -> Answer:
             raise RuntimeError("boom")
 
     responder = Responder(Chain([Broken()]))
@@ -102,7 +102,7 @@ def test_an_answer_that_cannot_be_encoded_late_is_servfail() -> None:
     class Late:
         name = "late"
 
-        def resolve(self, query: Query) -> defer.Deferred:
+        def resolve(self, query: Query, earlier=None) -> defer.Deferred:
             # a provider name over 255 octets: dnslib only notices when encoding
             bad = RR(query.name, QTYPE.CNAME, ttl=5, rdata=CNAME(("a" * 60 + ".") * 5))
             return defer.succeed(Answer(answer=[bad]))
