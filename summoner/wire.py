@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSRecord
+from dnslib import EDNS0, QTYPE, RCODE, RR, DNSHeader, DNSRecord
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -271,7 +271,7 @@ class Responder:
         return servfail()
 
     def _finish_late(self, answer: Answer, data: bytes, request: DNSRecord, protocol: str,
-                     started: float, opt) -> bytes:
+                     started: float, opt: RR | None) -> bytes:
         """``_finish`` for answers that arrived later: respond() can no longer
         catch what encoding raises, so this does (a Deferred that fails would
         leave the client unanswered)."""
@@ -282,7 +282,7 @@ class Responder:
             return _header_only(data, RCODE.SERVFAIL)
 
     def _finish(self, data: bytes, request: DNSRecord, protocol: str, started: float,
-                answer: Answer, opt) -> bytes:
+                answer: Answer, opt: RR | None) -> bytes:
         flags = HEADER.unpack_from(data)[1]
         extended, rcode = divmod(answer.rcode, 16)
         header = DNSHeader(id=request.header.id, bitmap=_QR | (flags & _ECHOED) | rcode)
@@ -308,7 +308,7 @@ class Responder:
         _STATS.record(protocol, qtype, answer.rcode, time.perf_counter() - started)
         return packed
 
-    def _truncated(self, request: DNSRecord, header: DNSHeader, opt, extended: int) -> bytes:
+    def _truncated(self, request: DNSRecord, header: DNSHeader, opt: RR | None, extended: int) -> bytes:
         """RFC 2181 9: nothing partial; the client retries over TCP (RFC 7766)."""
         metrics.TRUNCATED.inc()
         header = DNSHeader(id=header.id, bitmap=header.bitmap | _TC)
@@ -322,7 +322,7 @@ class Responder:
         return _header_only(data, rcode)
 
 
-def _edns(opt, extended: int) -> EDNS0:
+def _edns(opt: RR, extended: int) -> EDNS0:
     """Our OPT record, echoing the query's DO bit (RFC 3225 3)."""
     return EDNS0(udp_len=SERVER_UDP_SIZE, ext_rcode=extended, flags="do" if opt.ttl & _DO else "")
 
