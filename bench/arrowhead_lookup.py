@@ -83,7 +83,7 @@ def direct_latencies(double: DoubleProcess, n: int) -> list[float]:
     parser = argparse.ArgumentParser()
     add_cli_arguments(parser)
     config = config_from_args(parser.parse_args(arrowhead_args(double)))
-    arrowhead = build(config, lambda key: None, reactor)
+    arrowhead = build(config, reactor)
     samples: list[float] = []
     errors: list[BaseException] = []
 

@@ -2,6 +2,8 @@
 metrics, the on-demand part (libvirt) and the Arrowhead part when configured.
 
 The stages never see each other; this is the one place that knows them all.
+
+Tests: tests/test_reload.py, tests/test_dns_conformance.py (``summoner serve`` as a process)
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 
 from summoner import metrics
@@ -50,10 +52,11 @@ class ServeConfig:
 
 
 class App:
-    def __init__(self, config: ServeConfig, reactor: IReactorTime, ondemand: OnDemandConfig | None = None,
+    def __init__(self, config: ServeConfig, reactor: IReactorCore, ondemand: OnDemandConfig | None = None,
                  arrowhead: ArrowheadConfig | None = None) -> None:
-        """``ondemand``: an OnDemandConfig (None: on-demand hosts are served
-        as static records); ``arrowhead``: an ArrowheadConfig (None: off)."""
+        """``reactor``: the running reactor (core, time, TCP, UDP);
+        ``ondemand``: None: on-demand hosts are served as static records;
+        ``arrowhead``: None: off."""
         self.config = config
         self.reactor = reactor
         self.static = StaticStage()
@@ -68,7 +71,7 @@ class App:
         self.arrowhead = None
         if arrowhead is not None:
             from summoner.arrowhead import build
-            self.arrowhead = build(arrowhead, self.static.find_zone, reactor)
+            self.arrowhead = build(arrowhead, reactor)
             stages.append(self.arrowhead.stage)  # last: it takes what the others leave
         self.chain = Chain(stages)
         self.responder = Responder(self.chain)
@@ -76,9 +79,6 @@ class App:
         self.ports: tuple = ()
         self.metrics_port = None
         self.admin_port = None
-
-    def clear_answers(self) -> None:
-        self.responder.clear_cache()
 
     def _take_on_demand_hosts(self, zones: ZoneSet) -> ZoneSet:
         """On-demand declarations leave the zones for the on-demand stage;

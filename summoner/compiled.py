@@ -17,6 +17,8 @@ What goes into a fragment is decided by the static stage's own resolver (the
 slow path: this module only decides *which* answer a name gets and encodes
 it.  Fragments are built at first use and kept until the next zone load;
 their number is bounded by the zone's names and types and 256 name lengths.
+
+Tests: tests/test_static.py (through the static stage and the wire layer)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 from dnslib import QTYPE, RCODE, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
 if TYPE_CHECKING:  # both import this module's neighbours; only their types are needed here
-    from summoner.resolution import Answer
+    from summoner.resolution import Answer, Apex
     from summoner.zonefile import Zone
 
 MAX_FRAGMENTS_PER_ZONE = 100_000
@@ -51,6 +53,8 @@ class Fragment:
     # for replay.  Not for synthesised (wildcard, NXDOMAIN, referral) names,
     # whose distinct names would only churn the replay cache.
     replayable: bool = False
+    # A tentative fragment's zone, for the later stages' ``claims``.
+    zone: Apex | None = None
 
 
 # What a name in no zone, claimed by no stage, gets (the chain's final REFUSED).
@@ -81,7 +85,7 @@ def encode(name: DNSLabel, qtype: int, answer: Answer, replayable: bool = False)
     question_end = 12 + len(wire_name_of(name)) + 4
     return Fragment(answer.rcode, answer.authoritative, answer.tentative,
                     (len(answer.answer), len(answer.authority), len(answer.additional)),
-                    bytes(packed[question_end:]), replayable)
+                    bytes(packed[question_end:]), replayable, answer.zone)
 
 
 def wire_name_of(name: DNSLabel) -> bytes:

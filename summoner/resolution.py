@@ -8,10 +8,18 @@ stages may still claim the name, and if none does the tentative answer is
 what the client gets.  This is how names inside a served zone can be handed to
 Arrowhead without the zone stage knowing that Arrowhead exists.
 
+A tentative answer names the zone it comes from (``Answer.zone``, an
+``Apex``: origin and SOA), and the chain hands it to every later stage
+(``Stage.resolve(query, earlier)``), so a later stage answering an in-zone
+name uses that zone's SOA without looking the zone up itself.
+
 The first stage may also be *compiled* (the static stage): it then answers
 from encoded fragments on the wire layer's hot path (``Chain.compiled``),
 and the later stages are only asked, without side effects, whether they
-would claim a name it has no data for (``Stage.claims``).
+would claim a name it has no data for (``Stage.claims(key, zone)``, with the
+zone of the compiled stage's tentative answer).
+
+Tests: tests/test_resolution.py
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import Protocol, runtime_checkable
 from dnslib import QTYPE, RCODE, RR, DNSLabel
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from summoner.compiled import REFUSED, Fragment
 
@@ -60,17 +69,35 @@ def name_key(name: DNSLabel | str) -> str:
     return str(name).rstrip(".").lower()
 
 
+@dataclass(frozen=True, slots=True)
+class Apex:
+    """The served zone a name is in: its origin (a key, as ``name_key``
+    gives it) and the SOA record an authority section carries for it (with
+    the RFC 2308 negative TTL)."""
+
+    origin: str
+    soa: RR
+
+
 @dataclass(slots=True)
 class Answer:
     """What a stage says about a query.
 
     ``cacheable`` tells the wire layer it may keep the encoded response and
-    replay it for identical questions until the cache is cleared; a stage whose
-    answers change (a VM that stops) must clear the cache when they do.
+    replay it for identical questions (until the app clears the whole cache
+    on a zone reload).
     ``cache_seconds`` bounds how long that replay may last, for answers whose
-    TTLs count down (None: until the cache is cleared).
-    ``on_hit`` is called for every query answered, cached replays included, so
-    that a stage can keep counting demand (idle reaping needs that).
+    TTLs count down (None: no time limit).
+    ``on_hit`` is called on every replay of the cached answer (not on its
+    first delivery, which the stage has seen itself).  It records demand
+    (idle reaping needs that) and returns whether the cached answer still
+    holds: False, and the wire layer drops that one entry and resolves the
+    query afresh through the chain (a VM that stopped is summoned again);
+    every other cached answer stays.  None: the answer holds until the cache
+    is cleared or ``cache_seconds`` pass.
+    ``zone``: for a tentative answer, the served zone the name is in; the
+    chain hands the tentative answer to later stages (``earlier``), which
+    answer in-zone names with that zone's SOA.
     """
 
     rcode: int = RCODE.NOERROR
@@ -81,7 +108,8 @@ class Answer:
     tentative: bool = False
     cacheable: bool = True
     cache_seconds: float | None = None
-    on_hit: Callable[[], None] | None = None
+    on_hit: Callable[[], bool] | None = None
+    zone: Apex | None = None
 
 
 def refused() -> Answer:
@@ -97,16 +125,20 @@ StageResult = Answer | None | defer.Deferred
 
 class Stage(Protocol):
     """One step of the chain.  ``resolve`` may return its result directly
-    (the fast path: no Deferred allocation) or a Deferred firing with it."""
+    (the fast path: no Deferred allocation) or a Deferred firing with it.
+    ``earlier`` is the tentative answer of an earlier stage (the first one,
+    if several gave one), or None."""
 
     name: str
 
-    def resolve(self, query: Query) -> StageResult: ...
+    def resolve(self, query: Query, earlier: Answer | None = None) -> StageResult: ...
 
-    def claims(self, key: str) -> bool:
-        """Whether ``resolve`` might answer (not pass) for the name ``key``.
-        No side effects: the hot path asks it for names the compiled stage
-        has nothing for.  When unsure, True (the slow path then decides)."""
+    def claims(self, key: str, zone: Apex | None = None) -> bool:
+        """Whether ``resolve`` might answer (not pass) for the name ``key``;
+        ``zone`` is the zone of the compiled stage's tentative answer (None:
+        the name is in no served zone).  No side effects: the hot path asks
+        it for names the compiled stage has nothing definitive for.  When
+        unsure, True (the slow path then decides)."""
         ...
 
 
@@ -152,7 +184,8 @@ class Chain:
             return fragment
         if self._later:
             key = key_of_wire(name)
-            if key is None or any(stage.claims(key) for stage in self._later):
+            zone = fragment.zone if fragment is not None else None
+            if key is None or any(stage.claims(key, zone) for stage in self._later):
                 return None
         return fragment or REFUSED
 
@@ -163,7 +196,7 @@ class Chain:
         stages = self.stages
         for index in range(start, len(stages)):
             try:
-                result = stages[index].resolve(query)
+                result = stages[index].resolve(query, fallback)
             except Exception:
                 log.failure("stage {stage} failed on {name} {qtype}",
                             stage=stages[index].name, name=query.key, qtype=query.type_name)
@@ -191,7 +224,7 @@ class Chain:
             fallback = fallback or result
         return self._walk(query, index + 1, fallback)
 
-    def _stage_failed(self, failure, query: Query, index: int) -> Answer:
+    def _stage_failed(self, failure: Failure, query: Query, index: int) -> Answer:
         log.failure("stage {stage} failed on {name} {qtype}", failure,
                     stage=self.stages[index].name, name=query.key, qtype=query.type_name)
         return servfail()

@@ -8,6 +8,11 @@ answer's content (``answer_at``, ``referral``, ``nxdomain``) and keeps the
 encoded result, which is what the wire layer answers from
 (``lookup_wire``).  ``resolve`` is the same answer as dnslib objects, for the
 questions the wire layer's hot path leaves to the chain.
+
+A tentative NXDOMAIN carries its zone (``Answer.zone``: origin and SOA), so
+the later stage that claims the name answers with this zone's SOA.
+
+Tests: tests/test_static.py
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 from dnslib import QTYPE, RCODE, RR, DNSLabel
 
 from summoner.compiled import CompiledZone, CompiledZones, Fragment
-from summoner.resolution import Answer, Query, name_key
+from summoner.resolution import Answer, Apex, Query, name_key
 from summoner.zonefile import Zone, ZoneSet
 
 MAX_CNAME_HOPS = 8
@@ -29,6 +34,7 @@ class _IndexedZone:
     zone: Zone
     existing: frozenset[str]  # owner names plus empty non-terminals (RFC 4592 2.2.2)
     delegations: frozenset[str]  # names below the apex that carry NS records
+    apex: Apex
 
 
 def _index(zone: Zone) -> _IndexedZone:
@@ -44,7 +50,7 @@ def _index(zone: Zone) -> _IndexedZone:
         key for key, rrs in zone.records.items()
         if key != zone.origin and any(rr.rtype == QTYPE.NS for rr in rrs)
     )
-    return _IndexedZone(zone, frozenset(existing), delegations)
+    return _IndexedZone(zone, frozenset(existing), delegations, Apex(zone.origin, negative_soa(zone)))
 
 
 def negative_soa(zone: Zone) -> RR:
@@ -67,7 +73,7 @@ class StaticStage:
         compiled = CompiledZones([CompiledZone(z.zone, z.existing, z.delegations, self) for z in indexed.values()])
         self._zones, self.compiled = indexed, compiled
 
-    def claims(self, key: str) -> bool:
+    def claims(self, key: str, zone: Apex | None = None) -> bool:
         return self._find(key) is not None
 
     def lookup_wire(self, name: bytes, starts: list[int], qtype: int) -> Fragment | None:
@@ -88,12 +94,8 @@ class StaticStage:
 
     def nxdomain(self, origin: str) -> Answer:
         answer = Answer()
-        _no_such_name(self._zones[origin].zone, answer, hops=0)
+        _no_such_name(self._zones[origin], answer, hops=0)
         return answer
-
-    def find_zone(self, key: str) -> tuple[str, RR] | None:
-        indexed = self._find(key)
-        return (indexed.zone.origin, negative_soa(indexed.zone)) if indexed else None
 
     def _find(self, key: str) -> _IndexedZone | None:
         zones = self._zones
@@ -106,7 +108,7 @@ class StaticStage:
                 return zones.get("")
             key = key[dot + 1:]
 
-    def resolve(self, query: Query) -> Answer | None:
+    def resolve(self, query: Query, earlier: Answer | None = None) -> Answer | None:
         indexed = self._find(query.key)
         if indexed is None:
             return None
@@ -127,7 +129,7 @@ class StaticStage:
         if rrs is None and key not in indexed.existing:
             rrs = self._wildcard(indexed, key)
             if rrs is None:
-                _no_such_name(zone, answer, hops)
+                _no_such_name(indexed, answer, hops)
                 return
         rrs = rrs or []
         matching = [rr for rr in rrs if rr.rtype == qtype or qtype == QTYPE.ANY]
@@ -138,7 +140,7 @@ class StaticStage:
                 self._follow(cname.rdata.label, qtype, answer, hops + 1)
                 return
         if not matching:
-            answer.authority.append(negative_soa(zone))
+            answer.authority.append(indexed.apex.soa)
             return
         answer.answer.extend(_owned_by(rr, name) for rr in matching)
         self._add_glue(matching, answer)
@@ -200,12 +202,14 @@ class StaticStage:
                     answer.additional.append(glue)
 
 
-def _no_such_name(zone: Zone, answer: Answer, hops: int) -> None:
+def _no_such_name(indexed: _IndexedZone, answer: Answer, hops: int) -> None:
     answer.rcode = RCODE.NXDOMAIN
-    answer.authority.append(negative_soa(zone))
+    answer.authority.append(indexed.apex.soa)
     # Only the original name may be claimed by later stages; a dangling
     # CNAME target is this zone's own answer.
-    answer.tentative = hops == 0
+    if hops == 0:
+        answer.tentative = True
+        answer.zone = indexed.apex
 
 
 def _owned_by(rr: RR, name: DNSLabel) -> RR:

@@ -4,7 +4,9 @@ Three paths, fastest first:
 
 1. *replay*: an identical question (everything after the 2-byte ID, EDNS
    options included) that a stage allowed to be replayed (on-demand and
-   Arrowhead answers) gets its pre-encoded response with the ID patched in;
+   Arrowhead answers) gets its pre-encoded response with the ID patched in,
+   as long as the answer's ``on_hit`` says it still holds (otherwise that
+   one entry is dropped and the query resolved afresh);
 2. *compiled*: a query of the usual shape (one IN question, at most an OPT
    record) is parsed here without dnslib, and the chain's compiled stage
    answers it from encoded fragments (``summoner.compiled``): every static
@@ -14,6 +16,8 @@ Three paths, fastest first:
 
 All three follow RFC 6891 for EDNS (OPT echoed with the DO bit, RFC 3225)
 and truncate UDP answers that do not fit.
+
+Tests: tests/test_wire.py
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSRecord
+from dnslib import EDNS0, QTYPE, RCODE, RR, DNSHeader, DNSRecord
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from summoner import metrics
 from summoner.compiled import Fragment
@@ -126,7 +131,7 @@ class _Cached:
     expires: float  # time.perf_counter() deadline; inf for answers that do not age
     qtype: int
     rcode: int
-    on_hit: Callable[[], None] | None
+    on_hit: Callable[[], bool] | None  # False: the answer no longer holds
 
 
 class RejectLog:
@@ -162,18 +167,19 @@ class Responder:
         self.reject = RejectLog()
 
     def clear_cache(self) -> None:
-        """Forget every pre-encoded answer; stages call this when answers change."""
+        """Forget every pre-encoded answer (the app does, on a zone reload)."""
         for cache in self._caches.values():
             cache.clear()
 
     def respond(self, data: bytes, protocol: str) -> bytes | defer.Deferred | None:
         started = time.perf_counter()
-        entry = self._caches[protocol].get(data[2:])
+        cache = self._caches[protocol]
+        entry = cache.get(data[2:])
         if entry is not None and started < entry.expires:
-            if entry.on_hit is not None:
-                entry.on_hit()
-            _STATS.record(protocol, entry.qtype, entry.rcode, time.perf_counter() - started)
-            return data[:2] + entry.tail
+            if entry.on_hit is None or entry.on_hit():
+                _STATS.record(protocol, entry.qtype, entry.rcode, time.perf_counter() - started)
+                return data[:2] + entry.tail
+            cache.pop(data[2:], None)  # stale: this one answer is resolved afresh
         try:
             hot = parse_hot(data)
             if hot is not None:
@@ -260,12 +266,12 @@ class Responder:
             cache.clear()  # cheaper than LRU bookkeeping on every hit
         cache[data[2:]] = entry
 
-    def _chain_failed(self, failure) -> Answer:
+    def _chain_failed(self, failure: Failure) -> Answer:
         log.failure("resolution failed", failure)
         return servfail()
 
     def _finish_late(self, answer: Answer, data: bytes, request: DNSRecord, protocol: str,
-                     started: float, opt) -> bytes:
+                     started: float, opt: RR | None) -> bytes:
         """``_finish`` for answers that arrived later: respond() can no longer
         catch what encoding raises, so this does (a Deferred that fails would
         leave the client unanswered)."""
@@ -276,7 +282,7 @@ class Responder:
             return _header_only(data, RCODE.SERVFAIL)
 
     def _finish(self, data: bytes, request: DNSRecord, protocol: str, started: float,
-                answer: Answer, opt) -> bytes:
+                answer: Answer, opt: RR | None) -> bytes:
         flags = HEADER.unpack_from(data)[1]
         extended, rcode = divmod(answer.rcode, 16)
         header = DNSHeader(id=request.header.id, bitmap=_QR | (flags & _ECHOED) | rcode)
@@ -295,8 +301,6 @@ class Responder:
         if len(packed) > limit:
             packed = self._truncated(request, header, opt, extended)
         qtype = request.q.qtype
-        if answer.on_hit is not None:
-            answer.on_hit()
         if answer.cacheable:
             lifetime = answer.cache_seconds
             expires = started + lifetime if lifetime is not None else math.inf
@@ -304,7 +308,7 @@ class Responder:
         _STATS.record(protocol, qtype, answer.rcode, time.perf_counter() - started)
         return packed
 
-    def _truncated(self, request: DNSRecord, header: DNSHeader, opt, extended: int) -> bytes:
+    def _truncated(self, request: DNSRecord, header: DNSHeader, opt: RR | None, extended: int) -> bytes:
         """RFC 2181 9: nothing partial; the client retries over TCP (RFC 7766)."""
         metrics.TRUNCATED.inc()
         header = DNSHeader(id=header.id, bitmap=header.bitmap | _TC)
@@ -318,7 +322,7 @@ class Responder:
         return _header_only(data, rcode)
 
 
-def _edns(opt, extended: int) -> EDNS0:
+def _edns(opt: RR, extended: int) -> EDNS0:
     """Our OPT record, echoing the query's DO bit (RFC 3225 3)."""
     return EDNS0(udp_len=SERVER_UDP_SIZE, ext_rcode=extended, flags="do" if opt.ttl & _DO else "")
 

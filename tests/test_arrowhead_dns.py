@@ -87,10 +87,24 @@ def test_unknown_service_is_nxdomain_with_soa_and_negatively_cached(served):
     assert response.authority and response.authority[0].rdtype == dns.rdatatype.SOA
     in_zone = server.query("nosuchservice.example.org", "A")
     assert in_zone.rcode() == dns.rcode.NXDOMAIN
-    assert str(in_zone.authority[0].name) == "example.org."
+    # in a served zone, the zone's own SOA (handed down by the static stage), not a synthetic one
+    [soa] = in_zone.authority
+    assert str(soa.name) == "example.org." and soa[0].serial == 2026112701 and str(soa[0].mname) == "ns1.example.org."
+    assert 0 < soa.ttl <= 60  # the zone's negative TTL bounds it
     calls = double.counters()["orchestration"]
     assert server.query("nosuchservice.ah.test", "A").rcode() == dns.rcode.NXDOMAIN
     assert double.counters()["orchestration"] == calls  # answered from the negative cache
+
+
+def test_without_zone_names_in_zone_names_stay_the_zone_s(start_server, arrowhead_double):
+    server = start_server(*_zones(), *arrowhead_args(arrowhead_double, "--no-arrowhead-zone-names"))
+    arrowhead_double.register_provider("humidity", "10.1.2.4", 8081)
+    in_zone = server.query("humidity.example.org", "A")
+    assert in_zone.rcode() == dns.rcode.NXDOMAIN and not in_zone.answer
+    assert [rrset.rdtype for rrset in in_zone.authority] == [dns.rdatatype.SOA]
+    assert arrowhead_double.counters().get("orchestration", 0) == 0  # never asked
+    # the Arrowhead domains still are Arrowhead's
+    assert [rr.address for rr in rrs(server.query("humidity.ah.test", "A"), "A")] == ["10.1.2.4"]
 
 
 def test_names_outside_zones_and_domains_stay_refused(served):

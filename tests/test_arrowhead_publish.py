@@ -7,7 +7,6 @@ import argparse
 import dataclasses
 
 import pytest
-from dnslib import QTYPE, RR, SOA
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
@@ -23,16 +22,9 @@ def make(double, *extra: str):
     add_cli_arguments(parser)
     args = parser.parse_args(["--arrowhead-orchestrator", double.http, "--arrowhead-registry", double.http,
                               "--arrowhead-domain", "ah.test", *extra])
-    arrowhead = build(config_from_args(args), find_zone, reactor)
+    arrowhead = build(config_from_args(args), reactor)
     arrowhead.publisher._backoff.first = 0.1  # keep the test short
     return arrowhead
-
-
-def find_zone(key: str):
-    if key == "example.org" or key.endswith(".example.org"):
-        return "example.org", RR("example.org.", QTYPE.SOA, ttl=300,
-                                 rdata=SOA("ns1.example.org.", "hostmaster.example.org.", (1, 3600, 600, 86400, 60)))
-    return None
 
 
 @defer.inlineCallbacks

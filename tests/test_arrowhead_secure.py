@@ -72,7 +72,7 @@ class SecureModeTest(unittest.TestCase):
 
     @defer.inlineCallbacks
     def resolve_with(self, *argv: str):
-        arrowhead = build(config_from_args(parse(*argv)), lambda key: None, reactor)
+        arrowhead = build(config_from_args(parse(*argv)), reactor)
         self.addCleanup(arrowhead.stop)
         yield arrowhead.start()
         yield eventually(lambda: arrowhead.publisher.system_state != "pending")

@@ -99,6 +99,55 @@ def test_summoner_check_prints_the_rejection(stem: str, line: int, reason: str, 
     assert result.stderr.strip().splitlines() == [f"{tmp_path / stem}.zone:{line}: {reason}"]
 
 
+HEAD = "$TTL 300\n@ IN SOA ns hm 1 3600 600 86400 60\n IN NS ns\nns IN A 127.0.0.1\n"
+# Problems no bad zone file shows, each as one line after HEAD (line 5):
+# the exact reason, as `summoner check` prints it.
+LINE_REJECTIONS = [
+    (") stray", "unbalanced ')'"),
+    ("$ORIGIN a b", "$ORIGIN takes exactly one name"),
+    ("$TTL", "$TTL takes exactly one value"),
+    ("$TTL 5q", "bad TTL '5q'"),
+    ("$INCLUDE other.zone", "unsupported directive $INCLUDE"),
+    ("www", "record for www.t. has no type"),
+    ("www 300 IN", "record for www.t. has no type"),
+    ("www CH A 127.0.0.1", "class CH is not served (only IN)"),
+    ("www IN A", "A record has no data"),
+    ("www IN A 1.2.3.4 5.6.7.8", "A record needs 1 field(s), got 2"),
+    ("www IN AAAA 1.2.3.4", "AAAA record has an invalid address '1.2.3.4'"),
+    ("www IN MX 70000 mail", "MX preference must be 0-65535, got '70000'"),
+    ("www IN SRV 1 2 port target", "SRV port must be 0-65535, got 'port'"),
+    ("www IN CNAME a b", "CNAME record needs 1 field(s), got 2"),
+    ("sub IN SOA ns hm x 1 2 3 4", "SOA serial must be 0-4294967295, got 'x'"),
+    ("www IN TXT " + '"' + "x" * 256 + '"', "a TXT string is longer than 255 bytes"),
+    ("www IN TYPE99 abc", "TYPE99 needs RFC 3597 generic data (\\# LENGTH HEX)"),
+    ("www IN TYPE99 \\# x", "generic rdata needs '\\# LENGTH HEX'"),
+    ("www IN SSHFP 1", "invalid SSHFP data '1': list index out of range"),
+]
+
+
+@pytest.mark.parametrize(("line", "reason"), LINE_REJECTIONS, ids=[r[1] for r in LINE_REJECTIONS])
+def test_each_problem_names_its_line_and_reason_exactly(line: str, reason: str) -> None:
+    with pytest.raises(ZoneError) as caught:
+        parse_zone_text(HEAD + line + "\n", "t", Path("t.zone"))
+    assert caught.value.problems == [f"t.zone:5: {reason}"]
+
+
+def test_an_indented_first_record_has_no_owner_and_a_record_before_any_ttl_has_none() -> None:
+    with pytest.raises(ZoneError) as caught:
+        parse_zone_text("  IN A 127.0.0.1\nwww IN A 127.0.0.2\n", "t", Path("t.zone"))
+    assert caught.value.problems == ["t.zone:1: record has no owner name and there is no previous owner",
+                                     "t.zone:2: no TTL given and no $TTL or SOA before this record"]
+
+
+def test_every_problem_of_a_zone_is_reported_in_line_order() -> None:
+    text = HEAD + "a IN A 1.2.3\nb IN FOO x\nwww IN CNAME a\nwww IN A 127.0.0.9\n"
+    with pytest.raises(ZoneError) as caught:
+        parse_zone_text(text, "t", Path("t.zone"))
+    assert caught.value.problems == ["t.zone:5: A record has an invalid address '1.2.3'",
+                                     "t.zone:6: unknown record type FOO",
+                                     "t.zone:8: CNAME and other data at www.t. (RFC 1034 3.6.2)"]
+
+
 def test_master_file_features() -> None:
     zone = parse_zone_file(ROOT / "tests" / "zones" / "good" / "wild.test.zone")
     assert zone.origin == "wild.test"

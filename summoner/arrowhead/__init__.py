@@ -6,12 +6,14 @@ The app's whole interface::
 
     add_cli_arguments(parser)                 # --arrowhead-* flags
     config = config_from_args(args)           # None: Arrowhead off; ArrowheadConfigError: exit
-    arrowhead = build(config, find_zone, reactor)
+    arrowhead = build(config, reactor)
     chain = Chain([static, on_demand, arrowhead.stage])
     arrowhead.update_services(published_services(hosts))      # at start and on zone changes
     arrowhead.start()                         # fires at once; registration runs in the background
     yield arrowhead.stop()                    # clean shutdown: unregisters published services
     arrowhead.status()                        # dict for the admin endpoint / `summoner status`
+
+Tests: tests/test_arrowhead_dns.py, tests/test_arrowhead_publish.py, tests/test_arrowhead_secure.py
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 
 from summoner.arrowhead.client import ArrowheadClient
 from summoner.arrowhead.config import (
@@ -32,7 +35,7 @@ from summoner.arrowhead.config import (
     own_system,
 )
 from summoner.arrowhead.publisher import ArrowheadPublisher, PublishedService, published_services
-from summoner.arrowhead.stage import ArrowheadStage, FindZone
+from summoner.arrowhead.stage import ArrowheadStage
 
 __all__ = [
     "Arrowhead",
@@ -83,13 +86,13 @@ class Arrowhead:
         }
 
 
-def build(config: ArrowheadConfig, find_zone: FindZone, reactor: Any) -> Arrowhead:
-    """Wire the Arrowhead part; ``find_zone(key)`` gives ``(origin, SOA RR)`` of
-    the served zone holding a name, or None."""
+def build(config: ArrowheadConfig, reactor: IReactorTime) -> Arrowhead:
+    """Wire the Arrowhead part.  In-zone names reach the stage as an earlier
+    stage's tentative answer, which carries its zone (``Answer.zone``)."""
     client = ArrowheadClient(reactor, orchestrator_url=config.orchestrator_url, registry_url=config.registry_url,
                              tls=config.tls, connect_timeout=config.deadline)
     own = own_system(config)
-    stage = ArrowheadStage(config, client, find_zone, own, reactor)
+    stage = ArrowheadStage(config, client, own, reactor)
     publisher = ArrowheadPublisher(config, client, own, reactor)
     stage.on_unknown_requester = publisher.system_lost
     return Arrowhead(config, client, stage, publisher)

@@ -5,6 +5,13 @@ This stage keeps its own TTL-bounded cache of orchestration results and
 answers a cache hit synchronously.  Rendered answers may be replayed by the
 wire layer for at most ``WIRE_CACHE_SECONDS``, so a hit costs what a static
 record costs while the TTL a client sees is never more than that stale.
+
+Names of the configured Arrowhead domains are answered with a synthetic SOA;
+names inside a served zone (with ``zone_names``) reach this stage as an
+earlier stage's tentative NXDOMAIN, whose zone (``Answer.zone``) gives the
+SOA: this stage never looks zones up itself.
+
+Tests: tests/test_arrowhead_dns.py, tests/test_arrowhead_publish.py
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ from typing import Any
 
 from dnslib import AAAA, CNAME, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSLabel
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from summoner.arrowhead import metrics
 from summoner.arrowhead.client import (
@@ -28,7 +37,7 @@ from summoner.arrowhead.client import (
     SystemRef,
 )
 from summoner.arrowhead.config import ArrowheadConfig, ServiceMapping, valid_name
-from summoner.resolution import Answer, Query, servfail
+from summoner.resolution import Answer, Apex, Query, servfail
 
 # How long the wire layer may replay an encoded answer: bounds how stale the
 # TTL inside it can get, and how late a changed provider is noticed.
@@ -37,8 +46,6 @@ MAX_CACHED_NAMES = 10_000
 MAX_CONCURRENT_LOOKUPS = 64
 
 log = Logger(namespace="summoner.arrowhead")
-
-FindZone = Callable[[str], "tuple[str, RR] | None"]
 
 
 class CircuitBreaker:
@@ -100,11 +107,10 @@ class ArrowheadStage:
 
     name = "arrowhead"
 
-    def __init__(self, config: ArrowheadConfig, client: ArrowheadClient, find_zone: FindZone,
-                 requester: SystemRef, reactor: Any) -> None:
+    def __init__(self, config: ArrowheadConfig, client: ArrowheadClient, requester: SystemRef,
+                 reactor: IReactorTime) -> None:
         self.config = config
         self._client = client
-        self._find_zone = find_zone
         self._requester = requester.dto()
         self._reactor = reactor
         self.circuit = CircuitBreaker(config.circuit_threshold, config.circuit_cooldown, reactor.seconds)
@@ -119,11 +125,11 @@ class ArrowheadStage:
 
     # -- the stage interface
 
-    def claims(self, key: str) -> bool:
-        return self._target(key) is not None
+    def claims(self, key: str, zone: Apex | None = None) -> bool:
+        return self._target(key, zone) is not None
 
-    def resolve(self, query: Query) -> Answer | None | defer.Deferred:
-        target = self._target(query.key)
+    def resolve(self, query: Query, earlier: Answer | None = None) -> Answer | None | defer.Deferred:
+        target = self._target(query.key, earlier.zone if earlier is not None else None)
         if target is None:
             return None
         if target.service is None:
@@ -160,15 +166,16 @@ class ArrowheadStage:
 
     # -- names
 
-    def _target(self, key: str) -> _Target | None:
-        zone = self._find_zone(key)
+    def _target(self, key: str, zone: Apex | None) -> _Target | None:
+        """``zone``: the served zone holding ``key``, from an earlier stage's
+        tentative answer (None: in no served zone)."""
         domain = self._domain_of(key)
         if zone is not None:
-            origin, soa = zone
-            if key == origin or (domain is None and not self.config.zone_names):
+            if key == zone.origin or (domain is None and not self.config.zone_names):
                 return None  # a zone apex, or in-zone names are not ours to take
+            soa = zone.soa
         elif domain is not None:
-            origin, soa = domain, self._synthetic_soa(domain)
+            soa = self._synthetic_soa(domain)
         else:
             return None
         mapping = self.config.mapping_for(key)
@@ -249,7 +256,7 @@ class ArrowheadStage:
             expires = (self._reactor.seconds() + self.config.ttl if providers else self._negative_expiry(target))
             self._settle(key, tuple(providers), expires)
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             metrics.LOOKUP_SECONDS.observe(time.perf_counter() - started)
             error = failure.value
             if not isinstance(error, ArrowheadError):
@@ -301,39 +308,15 @@ class ArrowheadStage:
         # The TTL never outlives the cache entry behind it.
         ttl = max(1, min(self.config.ttl, int(remaining)))
         replay = min(WIRE_CACHE_SECONDS, max(remaining, 0.0))
-        # Every delivery of this answer, wire-level replays included, is a
-        # cache hit, except the first delivery of a fresh orchestration result.
-        count = metrics.CACHE_HITS.labels("positive" if providers else "negative").inc
-        on_hit = _after_first(count) if fresh else count
+        # Every delivery of this answer, wire-level replays (on_hit) included,
+        # is a cache hit, except the first delivery of a fresh orchestration result.
+        on_hit = _cache_hit("positive" if providers else "negative")
+        if not fresh:
+            on_hit()
         soa = RR(target.soa.rname, QTYPE.SOA, ttl=min(ttl, target.soa.ttl), rdata=target.soa.rdata)
         if not providers:
             return Answer(rcode=RCODE.NXDOMAIN, authority=[soa], cacheable=True, cache_seconds=replay, on_hit=on_hit)
-        name, qtype = query.name, query.qtype
-        records: list[RR] = []
-        additional: list[RR] = []
-        if target.srv_target is not None:
-            if qtype in (QTYPE.SRV, QTYPE.ANY):
-                weight = 0 if len(providers) == 1 else 1
-                seen: set[tuple[int, str]] = set()
-                for provider in providers:
-                    host = provider.address.rstrip(".") if provider.ip is None else target.srv_target
-                    if provider.ip is not None:
-                        additional.append(_address_rr(target.srv_target + ".", provider, ttl))
-                    if (provider.port, host) in seen:
-                        continue  # IP providers share one target name: one SRV per port (no duplicate RRs)
-                    seen.add((provider.port, host))
-                    records.append(RR(name, QTYPE.SRV, ttl=ttl, rdata=SRV(0, weight, provider.port, host + ".")))
-        elif qtype in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
-            wanted = {QTYPE.A: (4,), QTYPE.AAAA: (6,)}.get(qtype, (4, 6))
-            records = [_address_rr(name, p, ttl) for p in providers if p.ip is not None and p.ip.version in wanted]
-            if not records:
-                records = _cname(name, providers, ttl)
-        elif qtype == QTYPE.CNAME:
-            records = _cname(name, providers, ttl)
-        elif qtype == QTYPE.TXT:
-            records = [RR(name, QTYPE.TXT, ttl=ttl, rdata=TXT(_txt_strings([
-                f"provider={p.system_name}", f"port={p.port}", f"uri={p.service_uri}",
-                f"secure={p.secure}", "interfaces=" + ",".join(p.interfaces)]))) for p in providers]
+        records, additional = _records(query, target, providers, ttl)
         if records:
             return Answer(answer=records, additional=additional, cacheable=True, cache_seconds=replay, on_hit=on_hit)
         return Answer(authority=[soa], cacheable=True, cache_seconds=replay, on_hit=on_hit)  # NODATA
@@ -341,7 +324,7 @@ class ArrowheadStage:
     # -- errors reach DNS as SERVFAIL
 
     @staticmethod
-    def _failed(failure: Any) -> Answer:
+    def _failed(failure: Failure) -> Answer:
         metrics.LOOKUPS.labels("timeout" if failure.check(ArrowheadTimeoutError) else "error").inc()
         return servfail()
 
@@ -355,6 +338,42 @@ class ArrowheadStage:
             "cached_names": len(self._cache),
             "lookups_in_flight": len(self._inflight),
         }
+
+
+def _records(query: Query, target: _Target, providers: tuple[Provider, ...], ttl: int) -> tuple[list[RR], list[RR]]:
+    """The answer and additional sections for a name with providers."""
+    name, qtype = query.name, query.qtype
+    if target.srv_target is not None:
+        if qtype in (QTYPE.SRV, QTYPE.ANY):
+            return _srv(name, target.srv_target, providers, ttl)
+        return [], []
+    if qtype in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
+        wanted = {QTYPE.A: (4,), QTYPE.AAAA: (6,)}.get(qtype, (4, 6))
+        records = [_address_rr(name, p, ttl) for p in providers if p.ip is not None and p.ip.version in wanted]
+        return records or _cname(name, providers, ttl), []
+    if qtype == QTYPE.CNAME:
+        return _cname(name, providers, ttl), []
+    if qtype == QTYPE.TXT:
+        return [RR(name, QTYPE.TXT, ttl=ttl, rdata=TXT(_txt_strings([
+            f"provider={p.system_name}", f"port={p.port}", f"uri={p.service_uri}",
+            f"secure={p.secure}", "interfaces=" + ",".join(p.interfaces)]))) for p in providers], []
+    return [], []
+
+
+def _srv(name: DNSLabel, srv_target: str, providers: tuple[Provider, ...], ttl: int) -> tuple[list[RR], list[RR]]:
+    records: list[RR] = []
+    additional: list[RR] = []
+    weight = 0 if len(providers) == 1 else 1
+    seen: set[tuple[int, str]] = set()
+    for provider in providers:
+        host = provider.address.rstrip(".") if provider.ip is None else srv_target
+        if provider.ip is not None:
+            additional.append(_address_rr(srv_target + ".", provider, ttl))
+        if (provider.port, host) in seen:
+            continue  # IP providers share one target name: one SRV per port (no duplicate RRs)
+        seen.add((provider.port, host))
+        records.append(RR(name, QTYPE.SRV, ttl=ttl, rdata=SRV(0, weight, provider.port, host + ".")))
+    return records, additional
 
 
 def _address_rr(name: DNSLabel | str, provider: Provider, ttl: int) -> RR:
@@ -396,13 +415,12 @@ def _hint(error: ArrowheadError) -> str:
     return ""
 
 
-def _after_first(action: Callable[[], None]) -> Callable[[], None]:
-    """``action`` on every call but the first."""
-    calls = 0
+def _cache_hit(kind: str) -> Callable[[], bool]:
+    """An ``on_hit`` counting a cache hit of ``kind``; the answer always holds
+    (its replay is bounded by ``cache_seconds`` instead)."""
+    counter = metrics.CACHE_HITS.labels(kind)
 
-    def maybe() -> None:
-        nonlocal calls
-        calls += 1
-        if calls > 1:
-            action()
-    return maybe
+    def hit() -> bool:
+        counter.inc()
+        return True
+    return hit

@@ -4,16 +4,20 @@ For an on-demand host: A/AAAA → summon (warm: synchronous, cacheable answer;
 cold: a Deferred firing when the probe succeeds, SERVFAIL on failure); other
 types → NODATA with the zone's SOA (records of other types that the zone kept
 are answered by the static stage before us).  Other names → None.
+
+A replayed answer asks its service (``on_hit=Service.hit``): demand is
+recorded, and once the service is no longer READY the wire layer drops that
+answer and asks this stage again, which summons the VM anew.
+
+Tests: tests/test_wire.py (replay and re-summoning), tests/vm/test_fleet.py
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from dnslib import QTYPE, RR
 from twisted.internet import defer
 
-from summoner.resolution import Answer, Query, servfail
+from summoner.resolution import Answer, Apex, Query, servfail
 from summoner.vm.fleet import Fleet
 from summoner.vm.lifecycle import Service
 
@@ -50,10 +54,10 @@ class OnDemandStage:
         ttl = self.fleet.config.answer_ttl
         self.entries = {name: _Entry(svc, ttl) for name, svc in self.fleet.services.items()}
 
-    def claims(self, key: str) -> bool:
+    def claims(self, key: str, zone: Apex | None = None) -> bool:
         return key in self.entries
 
-    def resolve(self, query: Query) -> Answer | None | defer.Deferred:
+    def resolve(self, query: Query, earlier: Answer | None = None) -> Answer | None | defer.Deferred:
         entry = self.entries.get(query.key)
         if entry is None:
             return None
@@ -72,7 +76,7 @@ class OnDemandStage:
         return ready.addCallback(self._after_wait, entry, records)
 
     @staticmethod
-    def _after_wait(ok: bool, entry: _Entry, records: list[RR]) -> Any:
+    def _after_wait(ok: bool, entry: _Entry, records: list[RR]) -> Answer:
         if not ok:
             return servfail()
         svc = entry.service
