@@ -11,7 +11,7 @@ import time
 import dns.message
 import dns.rcode
 from dnslib import CNAME, QTYPE, RR, A
-from summoner.vm.service import State
+from summoner.vm.lifecycle import State
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
@@ -135,8 +135,8 @@ class OnDemandReplayTest(unittest.TestCase):
     @defer.inlineCallbacks
     def test_a_stopped_vm_s_name_is_summoned_again_while_static_replays_stay(self):
         backend = FakeBackend(0.05)
-        od = OnDemand(OnDemandConfig(admin=None, virt_type="qemu", reap_interval=0.1), reactor,
-                      lambda: None, backend=backend, images={"hello": manifest("hello")})
+        od = OnDemand(OnDemandConfig(virt_type="qemu", reap_interval=0.1), reactor,
+                      backend=backend, images={"hello": manifest("hello")})
         od.update_hosts([host("summoned", "127.0.0.97", "hello")])
         self.addCleanup(backend.teardown)
         self.addCleanup(od.stop)
