@@ -53,7 +53,7 @@ class ImageBuildError(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class BootSpec:
     kind: str  # "kernel" | "disk"
-    machine: str = "pc"
+    machine: str | None = None  # None: the server's --machine (default pc)
     kernel: Path | None = None
     initrd: Path | None = None
     # Without the ip= part: summoner appends the network settings per VM.
@@ -247,7 +247,8 @@ def load_manifest(path: str | Path) -> ImageManifest:
 
     t = _table(source, doc, "boot")
     kind = t.choice("kind", BOOT_KINDS)
-    machine = t.choice("machine", MACHINES, "pc")
+    # None: the server's --machine decides
+    machine = t.choice("machine", MACHINES) if "machine" in t.data else None
     if kind == "kernel":
         t.forbid(("disk", "format"), 'only for kind = "disk"')
         boot = BootSpec(

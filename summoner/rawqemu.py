@@ -37,7 +37,7 @@ def qemu_command(manifest: ImageManifest, host: str, port: int, *, accel: str = 
     microvm = boot.machine == "microvm"
     # microvm has no PCI; with ACPI off QEMU adds virtio_mmio.device= to the
     # kernel command line itself, which our kernel understands.
-    machine = "microvm,acpi=off" if microvm else boot.machine
+    machine = "microvm,acpi=off" if microvm else boot.machine or "pc"
     nic = "virtio-net-device" if microvm else "virtio-net-pci"
     argv = [
         "qemu-system-x86_64",

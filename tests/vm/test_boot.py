@@ -11,6 +11,7 @@ from dnslib import RCODE
 from twisted.internet import defer, reactor
 
 from summoner.resolution import Answer, Query
+from summoner.vm.domxml import NetworkSettings, domain_xml
 from summoner.vm.lifecycle import State
 from tests.vm.fakes import host, manifest
 from tests.vm.fleetcase import FleetCase, event_orders, sleep
@@ -116,6 +117,39 @@ class BootTest(FleetCase):
         self.backend.reconnect()
         answer = yield d
         self.assertEqual(answer.rcode, RCODE.NOERROR)
+
+
+    @defer.inlineCallbacks
+    def test_a_leftover_domain_of_the_same_name_is_replaced(self):
+        """A domain a failed destroy left behind: libvirt refuses the create
+        (DomainExistsError); the boot destroys the leftover and creates again."""
+        od = self.make([host("hello", "127.0.0.103", "hello")], {"hello": manifest("hello")})
+        yield od.start()
+        spec = self.svc("hello.example.org").spec
+        yield self.backend.create(spec.domain_name, domain_xml(spec, "qemu", NetworkSettings()), paused=True)
+        leftover = self.backend.domains[spec.domain_name]["uuid"]
+        answer = yield od.stage.resolve(Query.of("hello.example.org", "A"))
+        self.assertEqual(answer.rcode, RCODE.NOERROR)
+        self.assertEqual(self.backend.destroys, 1)
+        self.assertNotEqual(self.backend.domains[spec.domain_name]["uuid"], leftover)
+
+    @defer.inlineCallbacks
+    def test_a_host_removed_while_booting_cancels_the_boot_and_destroys_its_domain(self):
+        od = self.make([host("gone", "127.0.0.104", "hello"), host("stays", "127.0.0.105", "hello")],
+                       {"hello": manifest("hello", boot_timeout=5.0)}, boot_delay=0.5)
+        yield od.start()
+        svc = self.svc("gone.example.org")
+        pending = od.stage.resolve(Query.of("gone.example.org", "A"))
+        yield sleep(0.1)  # the domain exists, the guest is still booting
+        self.assertIn("summoner-gone.example.org", self.backend.domains)
+        od.update_hosts([host("stays", "127.0.0.105", "hello")])
+        self.assertTrue(pending.called)  # answered at once, not at the 5 s deadline
+        answer = yield pending
+        self.assertEqual(answer.rcode, RCODE.SERVFAIL)
+        yield sleep(0.6)  # past the guest's boot: no late "ready" for a removed service
+        self.assertNotIn("summoner-gone.example.org", self.backend.domains)
+        self.assertEqual((svc.state, svc.boot_count, svc.task), (State.STOPPED, 1, None))
+        self.assertNotIn("gone.example.org", od.fleet.services)
 
 
 BootTestEventsBefore, BootTestEventsAfter = event_orders(BootTest)
