@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 from dnslib import QTYPE, RCODE, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
 if TYPE_CHECKING:  # both import this module's neighbours; only their types are needed here
-    from summoner.resolution import Answer, Apex
+    from summoner.answer import Answer, Apex
     from summoner.zonefile import Zone
 
 MAX_FRAGMENTS_PER_ZONE = 100_000

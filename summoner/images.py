@@ -22,7 +22,7 @@ import logging
 import re
 import subprocess
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import EllipsisType
@@ -360,6 +360,15 @@ def discover_images(images_dir: str | Path, errors: list[ManifestError] | None =
 
 # Makefile targets that are not images of their own.
 _EXTRA_TARGETS = ("all", "kernel", "silent")
+
+
+def discover_in(images_dirs: Iterable[Path]) -> dict[str, ImageManifest]:
+    """Images by name from every directory (the first directory wins a name)."""
+    found: dict[str, ImageManifest] = {}
+    for directory in images_dirs:
+        for name, manifest in discover_images(directory).items():
+            found.setdefault(name, manifest)
+    return found
 
 
 def build_image(name_or_all: str, images_dir: str | Path) -> None:

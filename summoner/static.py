@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from dnslib import QTYPE, RCODE, RR, DNSLabel
 
+from summoner.answer import Answer, Apex, Query, name_key
 from summoner.compiled import CompiledZone, CompiledZones, Fragment
-from summoner.resolution import Answer, Apex, Query, name_key
 from summoner.zonefile import Zone, ZoneSet
 
 MAX_CNAME_HOPS = 8

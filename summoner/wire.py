@@ -34,8 +34,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from summoner import metrics
+from summoner.answer import Answer, Query, name_key, servfail
 from summoner.compiled import Fragment
-from summoner.resolution import Answer, Chain, Query, name_key, servfail
+from summoner.resolution import Chain
 
 log = Logger(namespace="summoner.wire")
 

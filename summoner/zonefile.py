@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dnslib import QTYPE, RR, DNSBuffer, DNSLabel
 
-from summoner.resolution import name_key
+from summoner.answer import name_key
 from summoner.zonerecord import absolute, parse_record, parse_ttl
 from summoner.zonesyntax import Entry, ZoneSyntaxError, tokenize
 

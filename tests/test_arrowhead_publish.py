@@ -10,8 +10,8 @@ import pytest
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
+from summoner.answer import Query
 from summoner.arrowhead import PublishedService, add_cli_arguments, build, config_from_args
-from summoner.resolution import Query
 
 HELLO = PublishedService("hello.example.org", "hello", 8080, "hello", "/greet", {"idle": "300"})
 TASKS = PublishedService("tasks.example.org.", "tasks", 8081, "tasks")

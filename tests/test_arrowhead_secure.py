@@ -16,8 +16,8 @@ from twisted.internet import defer, reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
+from summoner.answer import Query
 from summoner.arrowhead import ArrowheadConfigError, add_cli_arguments, build, config_from_args
-from summoner.resolution import Query
 from tests.arrowhead_double import DoubleProcess
 
 

@@ -9,8 +9,9 @@ import dns.rcode
 from dnslib import QTYPE, RCODE, RR, A
 from twisted.internet import defer
 
+from summoner.answer import Answer, Apex, Query
 from summoner.compiled import REFUSED, wire_name
-from summoner.resolution import Answer, Apex, Chain, Query, key_of_wire
+from summoner.resolution import Chain, key_of_wire
 from summoner.static import StaticStage
 from summoner.wire import Responder, parse_hot
 from summoner.zonefile import load_zone_dir

@@ -17,7 +17,8 @@ import dns.rdatatype
 import pytest
 from dnslib import QTYPE, RCODE
 
-from summoner.resolution import Answer, Chain, Query
+from summoner.answer import Answer, Query
+from summoner.resolution import Chain
 from summoner.static import StaticStage
 from summoner.wire import Responder
 from summoner.zonefile import ZoneSet, parse_zone_text

@@ -11,14 +11,15 @@ import time
 import dns.message
 import dns.rcode
 from dnslib import CNAME, QTYPE, RR, A
-from summoner.vm.lifecycle import State
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from summoner.resolution import Answer, Apex, Chain, Query
+from summoner.answer import Answer, Apex, Query
+from summoner.resolution import Chain
 from summoner.static import StaticStage
 from summoner.vm.app import OnDemand
 from summoner.vm.config import OnDemandConfig
+from summoner.vm.lifecycle import State
 from summoner.wire import Responder
 from summoner.zonefile import ZoneSet, load_zone_dir, parse_zone_text
 from tests.conftest import EXAMPLE_ZONES

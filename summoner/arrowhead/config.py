@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from summoner.answer import name_key
 from summoner.arrowhead.client import SystemRef
 from summoner.arrowhead.tls import TLSConfigError, TLSMaterial, load_tls
-from summoner.resolution import name_key
 
 # use_strict_service_definition_verifier (the upstream default) and system names.
 NAME_RE = re.compile(r"^[A-Za-z](?:[0-9A-Za-z-]*[0-9A-Za-z])?$")

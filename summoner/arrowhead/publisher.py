@@ -23,11 +23,11 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from summoner.answer import name_key
 from summoner.arrowhead import metrics
 from summoner.arrowhead.client import ArrowheadClient, ArrowheadError, ArrowheadHTTPError, SystemRef
 from summoner.arrowhead.config import ArrowheadConfig, valid_name
 from summoner.backoff import Backoff
-from summoner.resolution import name_key
 
 log = Logger(namespace="summoner.arrowhead")
 

@@ -27,6 +27,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from summoner.answer import Answer, Apex, Query, servfail
 from summoner.arrowhead import metrics
 from summoner.arrowhead.client import (
     ArrowheadClient,
@@ -37,7 +38,6 @@ from summoner.arrowhead.client import (
     SystemRef,
 )
 from summoner.arrowhead.config import ArrowheadConfig, ServiceMapping, valid_name
-from summoner.resolution import Answer, Apex, Query, servfail
 
 # How long the wire layer may replay an encoded answer: bounds how stale the
 # TTL inside it can get, and how late a changed provider is noticed.

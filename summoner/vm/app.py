@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, threads
@@ -30,8 +29,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
-from summoner.images import ImageManifest, discover_images
-from summoner.resolution import name_key
+from summoner.answer import name_key
+from summoner.images import ImageManifest, discover_in
 from summoner.vm.backend import Backend
 from summoner.vm.config import OnDemandConfig
 from summoner.vm.fleet import Fleet
@@ -43,15 +42,6 @@ from summoner.vm.stage import OnDemandStage
 from summoner.zonefile import Zone
 
 log = Logger(namespace="summoner.vm")
-
-
-def discover(images_dirs: Iterable[Path]) -> dict[str, ImageManifest]:
-    """Images by name from every directory (the first directory wins a name)."""
-    found: dict[str, ImageManifest] = {}
-    for directory in images_dirs:
-        for name, manifest in discover_images(directory).items():
-            found.setdefault(name, manifest)
-    return found
 
 
 class OnDemand:
@@ -80,7 +70,7 @@ class OnDemand:
 
     def load_images(self) -> dict[str, ImageManifest]:
         if not self._fixed_images:
-            self.images = discover(self.config.images)
+            self.images = discover_in(self.config.images)
         return self.images
 
     def split(self, zones: Iterable[Zone]) -> tuple[list[Zone], list[OnDemandHost]]:

@@ -48,12 +48,12 @@ def add_check_arguments(check: argparse.ArgumentParser) -> None:
 
 def check_on_demand(zones: Iterable[Zone], args: argparse.Namespace) -> list[str]:
     """``summoner check``: the on-demand declarations' problems (empty: fine)."""
-    from summoner.vm.app import discover
+    from summoner.images import discover_in
     from summoner.vm.hosts import split_on_demand
     from summoner.zonefile import ZoneError
     dirs = args.images or OnDemandConfig.images
     try:
-        _zones, hosts = split_on_demand(zones, discover(dirs), args.network)
+        _zones, hosts = split_on_demand(zones, discover_in(dirs), args.network)
     except ZoneError as exc:
         return exc.problems
     for host in hosts:

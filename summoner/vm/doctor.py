@@ -179,7 +179,7 @@ def check_images(images_dirs: Iterable[Path], used: set[str]) -> list[Finding]:
 
 def check_zones(plan: Plan) -> list[Finding]:
     """Zones valid, on-demand declarations valid; fills ``plan.specs``."""
-    from summoner.vm.app import discover
+    from summoner.images import discover_in
     from summoner.vm.hosts import split_on_demand
     from summoner.vm.spec import build_spec
     from summoner.zonefile import ZoneError, load_zone_dir
@@ -187,7 +187,7 @@ def check_zones(plan: Plan) -> list[Finding]:
     fix = f"summoner check --zones {plan.zones} prints every error with its file:line"
     try:
         zones = load_zone_dir(plan.zones)
-        images = discover(plan.config.images)
+        images = discover_in(plan.config.images)
         _stripped, hosts = split_on_demand(zones.zones.values(), images, plan.config.network)
     except ZoneError as exc:
         shown = "; ".join(exc.problems[:3]) + (f" (+{len(exc.problems) - 3} more)" if len(exc.problems) > 3 else "")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dnslib import QTYPE, RR
 from twisted.internet import defer
 
-from summoner.resolution import Answer, Apex, Query, servfail
+from summoner.answer import Answer, Apex, Query, servfail
 from summoner.vm.fleet import Fleet
 from summoner.vm.lifecycle import Service
 

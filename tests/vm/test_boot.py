@@ -10,7 +10,7 @@ import time
 from dnslib import RCODE
 from twisted.internet import defer, reactor
 
-from summoner.resolution import Answer, Query
+from summoner.answer import Answer, Query
 from summoner.vm.domxml import NetworkSettings, domain_xml
 from summoner.vm.lifecycle import State
 from tests.vm.fakes import host, manifest

@@ -8,7 +8,7 @@ from dnslib import RCODE
 from prometheus_client import REGISTRY
 from twisted.internet import defer
 
-from summoner.resolution import Query
+from summoner.answer import Query
 from summoner.vm.lifecycle import State
 from tests.vm.fakes import host, manifest
 from tests.vm.fleetcase import FleetCase, event_orders, sleep

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dnslib import RCODE
 from twisted.internet import defer
 
-from summoner.resolution import Query
+from summoner.answer import Query
 from summoner.vm.backend import DomainEvent
 from summoner.vm.lifecycle import State
 from tests.vm.fakes import host, manifest

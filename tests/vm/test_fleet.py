@@ -8,7 +8,7 @@ from __future__ import annotations
 from dnslib import QTYPE, RCODE
 from twisted.internet import defer
 
-from summoner.resolution import Query
+from summoner.answer import Query
 from tests.vm.fakes import host, manifest
 from tests.vm.fleetcase import FleetCase, event_orders, sleep
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dnslib import RCODE
 from twisted.internet import defer, reactor
 
-from summoner.resolution import Answer, Query
+from summoner.answer import Answer, Query
 from summoner.vm.app import OnDemand
 from summoner.vm.config import OnDemandConfig
 from summoner.vm.lifecycle import State
