@@ -4,6 +4,8 @@ Domains are transient (``createXML``): when a VM stops, nothing is left
 defined in libvirt.  What summoner needs to recognise its VMs after a restart
 of its own lives in ``<metadata>`` under summoner's XML namespace, where
 ``virsh dumpxml`` shows it.
+
+Tests: tests/vm/test_domxml.py
 """
 
 from __future__ import annotations
