@@ -12,6 +12,7 @@ ports, each test well under 2 s.
 from __future__ import annotations
 
 import pytest
+from prometheus_client import REGISTRY
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -96,6 +97,25 @@ def test_the_expected_status_succeeds_with_the_attempt_count():
     assert result_of(d) == 3 == probe.attempts
     assert transport.disconnecting or transport.disconnected
     assert fake.getDelayedCalls() == []  # no interval timer, no attempt timeout left behind
+
+
+def probe_counts() -> tuple[float, float]:
+    return tuple(REGISTRY.get_sample_value("summoner_vm_probe_attempts_total", {"result": r}) or 0.0
+                 for r in ("ok", "fail"))
+
+
+def test_every_attempt_that_ends_is_counted_once_by_result():
+    before = probe_counts()
+    fake, attempts, _probe, d = start(request_timeout=5.0, deadline=1010.0)
+    attempts.refuse(0)
+    fake.advance(0.25)
+    attempts.answer(1, b"HTTP/1.0 503 Service Unavailable\r\n")
+    fake.advance(0.25)
+    fake.advance(0.25)  # attempt 3 waits ...
+    attempts.answer(2, b"HTTP/1.0 200 OK\r\n")  # ... and is dropped by this success: not counted
+    assert result_of(d) == 4
+    ok, fail = probe_counts()
+    assert (ok - before[0], fail - before[1]) == (1, 2)
 
 
 def test_a_success_drops_the_attempts_still_waiting():
