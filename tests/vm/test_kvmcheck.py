@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 from twisted.internet import defer, protocol, reactor
@@ -107,7 +109,9 @@ class KvmBootCheckTest(unittest.TestCase):
     timeout = 5
 
     def check(self, backend: Backend) -> tuple[KvmBootCheck, Path]:
-        path = Path(self.mktemp()) / "verdict"
+        directory = Path(tempfile.mkdtemp(prefix="kvmcheck-"))  # not trial's mktemp: that writes under cwd
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = directory / "verdict"
         return KvmBootCheck(reactor, backend, "summoner-", verdict_path=path), path
 
     @defer.inlineCallbacks
