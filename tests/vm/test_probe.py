@@ -421,6 +421,31 @@ class LoopbackProbeTest(unittest.TestCase):
         self.assertEqual(probe.attempts, attempts)  # no attempt after cancel
 
     @defer.inlineCallbacks
+    def test_real_connections_with_time_from_a_task_clock(self):
+        """The reactor connects; a task.Clock alone decides when attempts
+        start and time out."""
+        port, factory = self.silent()
+        clock = task.Clock()
+        probe = Probe(reactor, "127.0.0.1", port, "/", interval=0.25, request_timeout=0.5, deadline=1.0,
+                      clock=clock)
+        d = probe.run()
+        yield deferLater(0.1)
+        self.assertEqual((probe.attempts, factory.open), (1, 1))  # connected, and no clock tick yet
+        clock.advance(0.25)
+        yield deferLater(0.1)
+        self.assertEqual((probe.attempts, factory.open), (2, 2))
+        clock.advance(0.25)  # attempt 1's 500 ms are over: its connection is dropped
+        yield deferLater(0.1)
+        self.assertEqual(probe.last_error, "no status line within 500 ms")
+        self.assertEqual((probe.attempts, factory.closed), (3, 1))
+        clock.pump([0.25, 0.25])
+        with self.assertRaises(ProbeTimeoutError) as info:
+            yield d
+        self.assertEqual(info.exception.attempts, 4)
+        yield deferLater(0.05)
+        self.assertEqual(factory.open, 0)
+
+    @defer.inlineCallbacks
     def test_tcp_kind_succeeds_on_a_connection_held_open(self):
         port, factory = self.silent()
         # the interval outlasts TCP_HOLD, so the first attempt decides alone
