@@ -4,6 +4,8 @@ Domains are transient (``createXML``): when a VM stops, nothing is left
 defined in libvirt.  What summoner needs to recognise its VMs after a restart
 of its own lives in ``<metadata>`` under summoner's XML namespace, where
 ``virsh dumpxml`` shows it.
+
+Tests: tests/vm/test_domxml.py
 """
 
 from __future__ import annotations
@@ -102,6 +104,59 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
     return el
 
 
+def _os(dom: ET.Element, spec: VMSpec, net: NetworkSettings, machine: str) -> None:
+    os_el = _sub(dom, "os")
+    _sub(os_el, "type", "hvm", arch="x86_64", machine=machine)
+    if spec.boot_kind != "kernel":
+        _sub(os_el, "boot", dev="hd")
+        return
+    if spec.kernel is None:
+        raise ValueError(f"{spec.image}: kernel boot without a kernel")
+    _sub(os_el, "kernel", str(spec.kernel))
+    if spec.initrd is not None:
+        _sub(os_el, "initrd", str(spec.initrd))
+    cmdline = " ".join(x for x in (spec.cmdline, guest_ip_arg(spec, net)) if x)
+    _sub(os_el, "cmdline", cmdline)
+
+
+def _disk(dev: ET.Element, spec: VMSpec) -> None:
+    if spec.disk is None:
+        raise ValueError(f"{spec.image}: disk boot without a disk")
+    disk = _sub(dev, "disk", type="file", device="disk")
+    _sub(disk, "driver", name="qemu", type=spec.disk_format)
+    _sub(disk, "source", file=str(spec.disk))
+    _sub(disk, "target", dev="vda", bus="virtio")
+    # Several VMs may share one image file and none may change it.
+    _sub(disk, "readonly") if spec.disk_format == "raw" else _sub(disk, "transient")
+
+
+def _console(dev: ET.Element, spec: VMSpec) -> None:
+    serial = _sub(dev, "serial", type="pty")
+    _sub(serial, "log", file=console_log_path(spec.domain_name), append="off")
+    _sub(serial, "target", port="0")
+    console = _sub(dev, "console", type="pty")
+    _sub(console, "target", type="serial", port="0")
+
+
+def _network(dom: ET.Element, dev: ET.Element, spec: VMSpec, net: NetworkSettings, host_port: int | None) -> None:
+    if net.mode == "bridge":
+        iface = _sub(dev, "interface", type="bridge")
+        _sub(iface, "source", bridge=net.bridge)
+        _sub(iface, "mac", address=mac_for(spec.service))
+        _sub(iface, "model", type="virtio")
+        _sub(iface, "rom", enabled="no")
+        return
+    # libvirt 9.0 rejects <interface type='user'> port forwarding (it needs
+    # passt), so user networking is passed to QEMU directly.  restrict=on:
+    # the guest reaches nothing; only the forwarded port reaches it.
+    cl = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
+    netdev = (f"user,id=sn0,restrict=on,"
+              f"hostfwd=tcp:{spec.address}:{host_port or spec.port}-:{spec.port}")
+    device = f"virtio-net-pci,netdev=sn0,addr=0x5,romfile=,mac={mac_for(spec.service)}"
+    for arg in ("-netdev", netdev, "-device", device):
+        ET.SubElement(cl, f"{{{QEMU_NS}}}arg", {"value": arg})
+
+
 def domain_xml(spec: VMSpec, virt_type: str, net: NetworkSettings, machine: str = "pc",
                emulator: str | None = None, host_port: int | None = None, standby: bool = False) -> str:
     """Domain XML for a transient domain running ``spec``.
@@ -116,18 +171,7 @@ def domain_xml(spec: VMSpec, virt_type: str, net: NetworkSettings, machine: str 
     meta.append(ET.fromstring(metadata_xml(spec, standby)))
     _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
     _sub(dom, "vcpu", str(spec.vcpus))
-    os_el = _sub(dom, "os")
-    _sub(os_el, "type", "hvm", arch="x86_64", machine=machine)
-    if spec.boot_kind == "kernel":
-        if spec.kernel is None:
-            raise ValueError(f"{spec.image}: kernel boot without a kernel")
-        _sub(os_el, "kernel", str(spec.kernel))
-        if spec.initrd is not None:
-            _sub(os_el, "initrd", str(spec.initrd))
-        cmdline = " ".join(x for x in (spec.cmdline, guest_ip_arg(spec, net)) if x)
-        _sub(os_el, "cmdline", cmdline)
-    else:
-        _sub(os_el, "boot", dev="hd")
+    _os(dom, spec, net, machine)
     features = _sub(dom, "features")
     _sub(features, "acpi")  # lets stop mode "shutdown" send an ACPI power button
     _sub(dom, "clock", offset="utc")
@@ -140,39 +184,13 @@ def domain_xml(spec: VMSpec, virt_type: str, net: NetworkSettings, machine: str 
     if emulator:
         _sub(dev, "emulator", emulator)
     if spec.boot_kind == "disk":
-        if spec.disk is None:
-            raise ValueError(f"{spec.image}: disk boot without a disk")
-        disk = _sub(dev, "disk", type="file", device="disk")
-        _sub(disk, "driver", name="qemu", type=spec.disk_format)
-        _sub(disk, "source", file=str(spec.disk))
-        _sub(disk, "target", dev="vda", bus="virtio")
-        # Several VMs may share one image file and none may change it.
-        _sub(disk, "readonly") if spec.disk_format == "raw" else _sub(disk, "transient")
+        _disk(dev, spec)
     _sub(dev, "controller", type="usb", model="none")
-    serial = _sub(dev, "serial", type="pty")
-    _sub(serial, "log", file=console_log_path(spec.domain_name), append="off")
-    _sub(serial, "target", port="0")
-    console = _sub(dev, "console", type="pty")
-    _sub(console, "target", type="serial", port="0")
+    _console(dev, spec)
     # The balloon would take PCI slot 2 and collide with the NIC we place by
     # hand in user mode; unikernels do not use it anyway.
     _sub(dev, "memballoon", model="none")
-    if net.mode == "bridge":
-        iface = _sub(dev, "interface", type="bridge")
-        _sub(iface, "source", bridge=net.bridge)
-        _sub(iface, "mac", address=mac_for(spec.service))
-        _sub(iface, "model", type="virtio")
-        _sub(iface, "rom", enabled="no")
-    else:
-        # libvirt 9.0 rejects <interface type='user'> port forwarding (it needs
-        # passt), so user networking is passed to QEMU directly.  restrict=on:
-        # the guest reaches nothing; only the forwarded port reaches it.
-        cl = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
-        netdev = (f"user,id=sn0,restrict=on,"
-                  f"hostfwd=tcp:{spec.address}:{host_port or spec.port}-:{spec.port}")
-        device = f"virtio-net-pci,netdev=sn0,addr=0x5,romfile=,mac={mac_for(spec.service)}"
-        for arg in ("-netdev", netdev, "-device", device):
-            ET.SubElement(cl, f"{{{QEMU_NS}}}arg", {"value": arg})
+    _network(dom, dev, spec, net, host_port)
     return ET.tostring(dom, encoding="unicode")
 
 

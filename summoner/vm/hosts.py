@@ -11,20 +11,21 @@ lives next to the name where admins already edit.  ``split_on_demand`` takes
 the declarations out of the zones: the static stage no longer answers the
 host's addresses (the on-demand stage does, once the VM is ready) nor the
 ``_summoner`` TXT, which is configuration and not data to publish.
+
+Tests: tests/vm/test_hosts.py
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from dnslib import QTYPE, RR
 
 from summoner.images import STOP_MODES
-from summoner.zonefile import ZoneError
+from summoner.zonefile import Zone, ZoneError
 
 LABEL = "_summoner"
 INT_KEYS = {"memory": (16, 1 << 20), "vcpus": (1, 64), "port": (1, 65535), "ttl": (0, 86400)}
@@ -79,59 +80,153 @@ def _foreign(key: str) -> bool:
     return key == "arrowhead" or key.startswith(("arrowhead-", "meta."))
 
 
-def _parse_pairs(strings: list[str], where: str, problems: list[str]) -> dict[str, Any]:
-    values: dict[str, Any] = {"extra": {}}
+class _DeclarationError(Exception):
+    """One ``file:line: reason`` for ZoneError, raised by a check below."""
+
+
+def _int_value(key: str, value: str, where: str) -> int:
+    low, high = INT_KEYS[key]
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise _DeclarationError(f"{where}: {key}={value!r} must be an integer in [{low}, {high}]")
+    return int(value)
+
+
+def _seconds_value(key: str, value: str, where: str) -> float:
+    low, high = FLOAT_KEYS[key]
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not low <= number <= high:
+        raise _DeclarationError(f"{where}: {key}={value!r} must be a number of seconds in [{low:g}, {high:g}]")
+    return number
+
+
+def _stop_value(key: str, value: str, where: str) -> str:
+    if value not in STOP_MODES:
+        raise _DeclarationError(f"{where}: stop={value!r} must be one of {', '.join(STOP_MODES)}")
+    return value
+
+
+def _path_value(key: str, value: str, where: str) -> str:
+    if not value.startswith("/") or any(c in value for c in " \r\n"):
+        raise _DeclarationError(f"{where}: probe_path={value!r} must be an absolute path without spaces")
+    return value
+
+
+def _image_value(key: str, value: str, where: str) -> str:
+    if not value:
+        raise _DeclarationError(f"{where}: image= is empty")
+    return value
+
+
+_CHECKS: dict[str, Callable[[str, str, str], int | float | str]] = {
+    **dict.fromkeys(INT_KEYS, _int_value), **dict.fromkeys(FLOAT_KEYS, _seconds_value),
+    "stop": _stop_value, "probe_path": _path_value, "image": _image_value,
+}
+
+
+def _parse_pair(token: str, where: str, values: dict[str, int | float | str], extra: dict[str, str]) -> None:
+    """One ``key=value`` into ``values`` (or ``extra``); _DeclarationError if it is wrong."""
+    key, sep, value = token.partition("=")
+    key = key.strip().lower()
+    if not sep or not key:
+        raise _DeclarationError(f"{where}: expected key=value, got {token!r}")
+    if _foreign(key):
+        extra[key] = value
+        return
+    if key not in KEYS:
+        raise _DeclarationError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(KEYS))})")
+    if key in values:
+        raise _DeclarationError(f"{where}: {key} given twice")
+    values[key] = _CHECKS[key](key, value, where)
+
+
+def _parse_pairs(strings: list[str], where: str,
+                 problems: list[str]) -> tuple[dict[str, int | float | str], dict[str, str]]:
+    """The checked values by key, and the foreign keys' values unchecked."""
+    values: dict[str, int | float | str] = {}
+    extra: dict[str, str] = {}
     for token in strings:
-        key, sep, value = token.partition("=")
-        key = key.strip().lower()
-        if not sep or not key:
-            problems.append(f"{where}: expected key=value, got {token!r}")
-            continue
-        if _foreign(key):
-            values["extra"][key] = value
-            continue
-        if key not in KEYS:
-            problems.append(f"{where}: unknown key {key!r} (known: {', '.join(sorted(KEYS))})")
-            continue
-        if key in values:
-            problems.append(f"{where}: {key} given twice")
-            continue
-        if key in INT_KEYS:
-            low, high = INT_KEYS[key]
-            if not value.isdigit() or not low <= int(value) <= high:
-                problems.append(f"{where}: {key}={value!r} must be an integer in [{low}, {high}]")
-                continue
-            values[key] = int(value)
-        elif key in FLOAT_KEYS:
-            low, high = FLOAT_KEYS[key]
-            try:
-                number = float(value)
-            except ValueError:
-                number = float("nan")
-            if not low <= number <= high:
-                problems.append(f"{where}: {key}={value!r} must be a number of seconds in [{low:g}, {high:g}]")
-                continue
-            values[key] = number
-        elif key == "stop":
-            if value not in STOP_MODES:
-                problems.append(f"{where}: stop={value!r} must be one of {', '.join(STOP_MODES)}")
-                continue
-            values[key] = value
-        elif key == "probe_path":
-            if not value.startswith("/") or any(c in value for c in " \r\n"):
-                problems.append(f"{where}: probe_path={value!r} must be an absolute path without spaces")
-                continue
-            values[key] = value
-        elif key == "image":
-            if not value:
-                problems.append(f"{where}: image= is empty")
-                continue
-            values[key] = value
-    return values
+        try:
+            _parse_pair(token, where, values, extra)
+        except _DeclarationError as problem:
+            problems.append(str(problem))
+    return values, extra
 
 
-def split_on_demand(zones: Iterable[Any], images: Mapping[str, Any] | None = None,
-                    network: str = "user") -> tuple[list[Any], list[OnDemandHost]]:
+def _declarations(zone: Zone) -> dict[str, list[RR]]:
+    """Host key → its ``_summoner`` TXT records."""
+    prefix = LABEL + "."
+    declared: dict[str, list[RR]] = {}
+    for key, rrs in zone.records.items():
+        if key.startswith(prefix):
+            txts = [rr for rr in rrs if rr.rtype == QTYPE.TXT]
+            if txts:
+                declared[key[len(prefix):]] = txts
+    return declared
+
+
+def _check_image(host_key: str, image: str, where: str, images: Mapping[str, object] | None) -> None:
+    if host_key.startswith("*"):
+        raise _DeclarationError(f"{where}: on-demand hosts cannot be wildcards ({host_key})")
+    if images is not None and image not in images:
+        known = ", ".join(sorted(images)) or "none found"
+        raise _DeclarationError(f"{where}: unknown image {image!r} (images: {known})")
+
+
+def _address_records(zone: Zone, host_key: str, where: str, network: str) -> tuple[str, list[RR]]:
+    """The host's one IPv4 address and its A/AAAA records."""
+    records = [rr for rr in zone.records.get(host_key, []) if rr.rtype in (QTYPE.A, QTYPE.AAAA)]
+    v4 = [str(rr.rdata) for rr in records if rr.rtype == QTYPE.A]
+    v6 = [rr for rr in records if rr.rtype == QTYPE.AAAA]
+    if not v4:
+        raise _DeclarationError(f"{where}: on-demand host {host_key} needs an A record "
+                       f"(the address the service is reachable at)")
+    if len(v4) > 1:
+        raise _DeclarationError(f"{zone.location(host_key, QTYPE.A)}: on-demand host {host_key} has "
+                       f"{len(v4)} A records; one VM has one address")
+    address = v4[0]
+    if network == "user":
+        if not ipaddress.IPv4Address(address).is_loopback:
+            raise _DeclarationError(f"{zone.location(host_key, QTYPE.A)}: {host_key} A {address} is not in "
+                           f"127.0.0.0/8, which --network user needs (QEMU forwards that address)")
+        if v6:
+            raise _DeclarationError(f"{zone.location(host_key, QTYPE.AAAA)}: {host_key} has an AAAA record, "
+                           f"but --network user forwards IPv4 loopback only; use --network bridge")
+    return address, records
+
+
+def _host(zone: Zone, host_key: str, txts: list[RR], images: Mapping[str, object] | None, network: str,
+          problems: list[str]) -> OnDemandHost | None:
+    """The declaration of ``host_key``, or None with its problems added."""
+    where = zone.location(LABEL + "." + host_key, QTYPE.TXT)
+    strings = [s for rr in txts for s in _txt_strings(rr)]
+    values, extra = _parse_pairs(strings, where, problems)
+    if "image" not in values:
+        if not any(p.startswith(where) for p in problems):
+            problems.append(f"{where}: on-demand declaration for {host_key} has no image=NAME")
+        return None
+    image = str(values["image"])
+    try:
+        _check_image(host_key, image, where, images)
+        address, records = _address_records(zone, host_key, where, network)
+    except _DeclarationError as problem:
+        problems.append(str(problem))
+        return None
+    return OnDemandHost(
+        name=host_key, zone=zone.origin, image=image, address=address,
+        records=tuple(records), soa=zone.soa, negative_ttl=zone.negative_ttl,
+        location=where,
+        memory_mib=values.get("memory"), vcpus=values.get("vcpus"), idle=values.get("idle"),
+        stop=values.get("stop"), boot_timeout=values.get("boot_timeout"),
+        probe_path=values.get("probe_path"), port=values.get("port"), ttl=values.get("ttl"),
+        extra=extra,
+    )
+
+
+def split_on_demand(zones: Iterable[Zone], images: Mapping[str, object] | None = None,
+                    network: str = "user") -> tuple[list[Zone], list[OnDemandHost]]:
     """Take on-demand declarations out of ``zones``.
 
     Returns the zones without the ``_summoner`` TXT records and without the
@@ -141,74 +236,27 @@ def split_on_demand(zones: Iterable[Any], images: Mapping[str, Any] | None = Non
     """
     problems: list[str] = []
     hosts: list[OnDemandHost] = []
-    out_zones: list[Any] = []
+    out_zones: list[Zone] = []
     seen_endpoints: dict[tuple[str, int | None], str] = {}
-    prefix = LABEL + "."
     for zone in zones:
-        declared: dict[str, list[RR]] = {}
-        for key, rrs in zone.records.items():
-            if key.startswith(prefix):
-                txts = [rr for rr in rrs if rr.rtype == QTYPE.TXT]
-                if txts:
-                    declared[key[len(prefix):]] = txts
+        declared = _declarations(zone)
         if not declared:
             out_zones.append(zone)
             continue
-        remove_txt = {prefix + host for host in declared}
         remove_addr: set[str] = set()
         for host_key, txts in sorted(declared.items()):
-            where = zone.location(prefix + host_key, QTYPE.TXT)
-            strings = [s for rr in txts for s in _txt_strings(rr)]
-            values = _parse_pairs(strings, where, problems)
-            if "image" not in values:
-                if not any(p.startswith(where) for p in problems):
-                    problems.append(f"{where}: on-demand declaration for {host_key} has no image=NAME")
+            host = _host(zone, host_key, txts, images, network, problems)
+            if host is None:
                 continue
-            if host_key.startswith("*"):
-                problems.append(f"{where}: on-demand hosts cannot be wildcards ({host_key})")
-                continue
-            if images is not None and values["image"] not in images:
-                known = ", ".join(sorted(images)) or "none found"
-                problems.append(f"{where}: unknown image {values['image']!r} (images: {known})")
-                continue
-            records = [rr for rr in zone.records.get(host_key, []) if rr.rtype in (QTYPE.A, QTYPE.AAAA)]
-            v4 = [str(rr.rdata) for rr in records if rr.rtype == QTYPE.A]
-            v6 = [rr for rr in records if rr.rtype == QTYPE.AAAA]
-            if not v4:
-                problems.append(f"{where}: on-demand host {host_key} needs an A record "
-                                f"(the address the service is reachable at)")
-                continue
-            if len(v4) > 1:
-                problems.append(f"{zone.location(host_key, QTYPE.A)}: on-demand host {host_key} has "
-                                f"{len(v4)} A records; one VM has one address")
-                continue
-            address = v4[0]
-            if network == "user":
-                if not ipaddress.IPv4Address(address).is_loopback:
-                    problems.append(f"{zone.location(host_key, QTYPE.A)}: {host_key} A {address} is not in "
-                                    f"127.0.0.0/8, which --network user needs (QEMU forwards that address)")
-                    continue
-                if v6:
-                    problems.append(f"{zone.location(host_key, QTYPE.AAAA)}: {host_key} has an AAAA record, "
-                                    f"but --network user forwards IPv4 loopback only; use --network bridge")
-                    continue
-            endpoint = (address, values.get("port"))
+            endpoint = (host.address, host.port)
             if endpoint in seen_endpoints:
-                problems.append(f"{where}: {host_key} uses address {address} already used by "
+                problems.append(f"{host.location}: {host_key} uses address {host.address} already used by "
                                 f"{seen_endpoints[endpoint]}")
                 continue
             seen_endpoints[endpoint] = host_key
             remove_addr.add(host_key)
-            hosts.append(OnDemandHost(
-                name=host_key, zone=zone.origin, image=values["image"], address=address,
-                records=tuple(records), soa=zone.soa, negative_ttl=zone.negative_ttl,
-                location=where,
-                memory_mib=values.get("memory"), vcpus=values.get("vcpus"), idle=values.get("idle"),
-                stop=values.get("stop"), boot_timeout=values.get("boot_timeout"),
-                probe_path=values.get("probe_path"), port=values.get("port"), ttl=values.get("ttl"),
-                extra=values["extra"],
-            ))
-        stripped = zone.without(remove_txt, {QTYPE.TXT})
+            hosts.append(host)
+        stripped = zone.without({LABEL + "." + host for host in declared}, {QTYPE.TXT})
         stripped = stripped.without(remove_addr, {QTYPE.A, QTYPE.AAAA})
         out_zones.append(stripped)
     if problems:

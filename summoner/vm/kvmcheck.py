@@ -8,6 +8,8 @@ smallest built image once under KVM on a private port and probes it.
 A conclusive verdict is cached in ``/run`` (cleared when the host reboots),
 so restarts of summoner, and ``summoner doctor``, do not test-boot again.
 Used by the fleet (``--virt-type auto``) and by ``summoner doctor``.
+
+Tests: tests/vm/test_kvmcheck.py
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import dataclasses
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import cast
 
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 
+from summoner.vm.backend import Backend, BackendError, DomainEvent
 from summoner.vm.domxml import NetworkSettings, domain_xml
-from summoner.vm.libvirt_backend import BackendError
 from summoner.vm.probe import Probe, ProbeCancelledError, ProbeTimeoutError
 from summoner.vm.spec import VMSpec
 
@@ -64,28 +67,36 @@ def write_verdict(verdict: KvmVerdict, path: Path | None = None) -> None:
 
 
 class KvmBootCheck:
-    """One test boot at a time, under the domain ``<prefix>kvm-boot-check``."""
+    """One test boot at a time, under the domain ``<prefix>kvm-boot-check``.
 
-    def __init__(self, reactor: Any, backend: Any, domain_prefix: str) -> None:
+    ``clock``: the probe's timers (default ``reactor``); ``verdict_path``:
+    where the verdict is cached (default ``VERDICT_PATH``, read at each use).
+    """
+
+    def __init__(self, reactor: IReactorTCP, backend: Backend, domain_prefix: str, *,
+                 clock: IReactorTime | None = None, verdict_path: Path | None = None) -> None:
         self.reactor = reactor
+        self.clock: IReactorTime = clock if clock is not None else cast(IReactorTime, reactor)
         self.backend = backend
         self.domain_name = domain_prefix + CHECK_SERVICE
+        self.verdict_path = verdict_path
         self._probe: Probe | None = None
 
-    def on_event(self, event: str, detail: str) -> None:
+    def on_event(self, event: DomainEvent, detail: str) -> None:
         """A lifecycle event of the check domain: a dead guest ends the
         check at once instead of at its deadline."""
-        if self._probe is not None and event in ("stopped", "crashed", "suspended"):
+        if self._probe is not None and (event.ends_domain or event is DomainEvent.SUSPENDED):
             self._probe.cancel(f"check domain {event} ({detail})")
 
     async def verdict(self, spec: VMSpec, timeout: float) -> KvmVerdict:
         """The cached verdict, or a test boot (cached when conclusive)."""
-        cached = read_verdict()
+        path = self.verdict_path or VERDICT_PATH
+        cached = read_verdict(path)
         if cached is not None:
-            return dataclasses.replace(cached, why=f"{cached.why} (cached in {VERDICT_PATH})")
+            return dataclasses.replace(cached, why=f"{cached.why} (cached in {path})")
         result = await self.run(spec, timeout)
         if result.conclusive:
-            write_verdict(result)
+            write_verdict(result, path)
         return result
 
     async def run(self, spec: VMSpec, timeout: float) -> KvmVerdict:
@@ -103,7 +114,7 @@ class KvmBootCheck:
             return KvmVerdict(False, f"libvirt: {exc}", conclusive=False)
         probe = Probe(self.reactor, "127.0.0.1", port, spec.probe_path, expect_status=spec.expect_status,
                       interval=spec.probe_interval, request_timeout=spec.request_timeout,
-                      deadline=self.reactor.seconds() + timeout)
+                      deadline=self.clock.seconds() + timeout, clock=self.clock)
         self._probe = probe
         try:
             await probe.run()

@@ -2,6 +2,9 @@
 
 Label values are bounded: services come from zone files (an operator-sized
 set), results and reasons from fixed vocabularies below.
+
+Tests: tests/vm/test_probe.py (probe attempts), tests/vm/test_phases.py (boot
+phases); the fleet's counters in tests/vm/test_fleet.py.
 """
 
 from __future__ import annotations

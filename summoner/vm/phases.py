@@ -5,6 +5,8 @@ the ready line and on every failure, and exported as
 ``summoner_vm_boot_phase_seconds{phase}``.  When a boot misses its deadline
 the phase that used it up is named, so "libvirt took 44 s to start the
 domain" is told apart from "the guest never answered its probe".
+
+Tests: tests/vm/test_phases.py
 """
 
 from __future__ import annotations
@@ -66,4 +68,5 @@ class PhaseTimer:
         and how long that phase had run."""
         phase = self.current or next(reversed(self.durations), Phase.GUEST)
         seconds = self.durations.get(phase, 0.0) + (self.clock() - self.since if self.current else 0.0)
-        return _OVERRAN[phase].format(s=seconds) + f" (boot deadline {deadline:g} s; {self.summary()})"
+        spent = f"; {self.summary()}" if self.durations else ""
+        return _OVERRAN[phase].format(s=seconds) + f" (boot deadline {deadline:g} s{spent})"

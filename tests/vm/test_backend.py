@@ -3,19 +3,13 @@ test driver: the Backend protocol, typed errors, lifecycle events, traffic."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
-import pytest
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
-from twisted.web import resource, server
 
 from summoner.vm.backend import Backend, DomainExistsError, DomainState, NoDomainError, NotConnectedError
 from summoner.vm.config import OnDemandConfig
-from summoner.vm.domxml import NetworkSettings, domain_xml, parse_metadata
+from summoner.vm.domxml import NetworkSettings, domain_xml
 from summoner.vm.libvirt_backend import LibvirtBackend
-from summoner.vm.probe import Probe, ProbeTimeoutError
 from summoner.vm.spec import build_spec
 from tests.vm.fakes import FakeBackend, host, manifest
 
@@ -26,49 +20,6 @@ def spec(label="hello", address="127.0.0.10", **kw):
 
 def sleep(seconds: float) -> defer.Deferred:
     return task.deferLater(reactor, seconds, lambda: None)
-
-
-# -- domain XML -------------------------------------------------------------------
-
-
-def test_user_mode_xml_forwards_the_zone_address():
-    xml = domain_xml(spec(), "qemu", NetworkSettings("user"))
-    assert "type=\"qemu\"" in xml
-    assert "hostfwd=tcp:127.0.0.10:18080-:18080" in xml
-    assert "restrict=on" in xml
-    assert "ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off" in xml
-    assert '<memballoon model="none"' in xml
-    meta = parse_metadata(xml)
-    assert (meta.service, meta.image, meta.address, meta.port) == ("hello.example.org", "hello", "127.0.0.10", 18080)
-    assert meta.config_hash == spec().config_hash
-
-
-def test_bridge_mode_xml_puts_the_address_on_the_cmdline():
-    s = build_spec(host("web", "192.0.2.7", "hello"), manifest("hello"), OnDemandConfig(network="bridge"))
-    xml = domain_xml(s, "kvm", NetworkSettings("bridge", "br7", "192.0.2.1", "255.255.255.0"))
-    assert "<source bridge=\"br7\"" in xml
-    assert "ip=192.0.2.7::192.0.2.1:255.255.255.0::eth0:off" in xml
-    assert "hostfwd" not in xml and "type=\"kvm\"" in xml
-
-
-def test_disk_boot_xml():
-    import dataclasses
-
-    from summoner.images import BootSpec
-    m = manifest("osv")
-    m = dataclasses.replace(m, boot=BootSpec(kind="disk", disk=m.boot.kernel, format="qcow2"))
-    s = build_spec(host("osv", "127.0.0.30", "osv"), m, OnDemandConfig())
-    xml = domain_xml(s, "qemu", NetworkSettings())
-    assert "<kernel>" not in xml and 'type="qcow2"' in xml and "fakes.py" in xml and "<transient" in xml
-
-
-@pytest.mark.skipif(not shutil.which("virt-xml-validate"), reason="virt-xml-validate not installed")
-def test_xml_validates_against_libvirt_schema(tmp_path):
-    for virt, net in (("qemu", NetworkSettings()), ("kvm", NetworkSettings("bridge", "br0", "10.0.0.1"))):
-        path = tmp_path / f"{virt}.xml"
-        path.write_text(domain_xml(spec(), virt, net))
-        result = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr + result.stdout
 
 
 # -- backend on test:///default ------------------------------------------------------
@@ -171,80 +122,3 @@ class BackendTest(unittest.TestCase):
         self.assertEqual(list(traffic), ["test"])
         self.assertEqual(len(traffic["test"]), 4)
         self.assertTrue(all(v > 0 for v in traffic["test"]), traffic)
-
-
-# -- probe ----------------------------------------------------------------------------
-
-
-class _Status(resource.Resource):
-    isLeaf = True  # noqa: N815
-
-    def __init__(self, code):
-        super().__init__()
-        self.code = code
-
-    def render_GET(self, request):  # noqa: N802
-        request.setResponseCode(self.code)
-        return b"x"
-
-
-class ProbeTest(unittest.TestCase):
-    timeout = 10
-
-    def listen(self, code, address="127.0.0.33"):
-        site = server.Site(_Status(code))
-        site.noisy = False
-        port = reactor.listenTCP(0, site, interface=address)
-        self.addCleanup(port.stopListening)
-        return port.getHost().port
-
-    @defer.inlineCallbacks
-    def test_success(self):
-        port = self.listen(200)
-        attempts = yield Probe(reactor, "127.0.0.33", port, "/", deadline=reactor.seconds() + 2).run()
-        self.assertEqual(attempts, 1)
-
-    @defer.inlineCallbacks
-    def test_wrong_status_until_deadline(self):
-        port = self.listen(500)
-        probe = Probe(reactor, "127.0.0.33", port, "/", interval=0.05, deadline=reactor.seconds() + 0.3)
-        with self.assertRaises(ProbeTimeoutError):
-            yield probe.run()
-        self.assertIn("HTTP 500", probe.last_error)
-        self.assertGreater(probe.attempts, 2)
-        self.assertLess(probe.attempts, 10)  # paced by the interval, not a busy loop
-
-    @defer.inlineCallbacks
-    def test_connection_refused(self):
-        probe = Probe(reactor, "127.0.0.34", 9, "/", interval=0.05, deadline=reactor.seconds() + 0.2)
-        with self.assertRaises(ProbeTimeoutError) as info:
-            yield probe.run()
-        self.assertIn("connect failed", info.exception.last_error)
-
-
-    @defer.inlineCallbacks
-    def test_an_attempt_that_hangs_does_not_hold_up_readiness(self):
-        """Like QEMU's port forward before the guest NIC is up: connections made
-        early are accepted and never answered; later ones are served."""
-        from twisted.internet import protocol as tprotocol
-
-        ready_at = reactor.seconds() + 0.2
-
-        class Guest(tprotocol.Protocol):
-            def dataReceived(self, data):  # noqa: N802
-                if reactor.seconds() >= ready_at and not getattr(self, "early", False):
-                    self.transport.write(b"HTTP/1.0 200 OK\r\n\r\n")
-                    self.transport.loseConnection()
-
-            def connectionMade(self):  # noqa: N802
-                self.early = reactor.seconds() < ready_at  # this one hangs forever
-
-        factory = tprotocol.Factory.forProtocol(Guest)
-        port = reactor.listenTCP(0, factory, interface="127.0.0.35")
-        self.addCleanup(port.stopListening)
-        probe = Probe(reactor, "127.0.0.35", port.getHost().port, "/", interval=0.02, request_timeout=2.0,
-                      deadline=reactor.seconds() + 5)
-        started = reactor.seconds()
-        yield probe.run()
-        # one-at-a-time probing would wait out the first attempt's 2 s timeout
-        self.assertLess(reactor.seconds() - started, 1.0)

@@ -101,3 +101,28 @@ def test_arrowhead_keys_are_kept_for_the_publisher():
     from summoner.arrowhead.publisher import published_services
     published = published_services(hosts, default_port=8080)
     assert [(p.service_definition, p.port, p.metadata) for p in published] == [("greeter", 8080, {"tier": "demo"})]
+
+
+def test_every_problem_of_a_declaration_is_listed_exactly():
+    z = zone('x IN A 127.0.0.9\n'
+             '_summoner.x IN TXT "image=hello" "memory=lots" "idle=forever" "stop=explode" "image=tasks" "x"\n'
+             'y IN A 127.0.0.9\n'
+             '_summoner.y IN TXT "probe_path=health"\n')
+    with pytest.raises(ZoneError) as info:
+        split_on_demand([z], IMAGES)
+    assert info.value.problems == [
+        "example.org.zone:7: memory='lots' must be an integer in [16, 1048576]",
+        "example.org.zone:7: idle='forever' must be a number of seconds in [0, 604800]",
+        "example.org.zone:7: stop='explode' must be one of destroy, shutdown, suspend",
+        "example.org.zone:7: image given twice",
+        "example.org.zone:7: expected key=value, got 'x'",
+        # a declaration with a problem of its own is not also told it has no image
+        "example.org.zone:9: probe_path='health' must be an absolute path without spaces",
+    ]
+
+
+def test_two_hosts_on_one_address_differ_by_port():
+    z = zone('x IN A 127.0.0.9\n_summoner.x IN TXT "image=hello" "port=8080"\n'
+             'y IN A 127.0.0.9\n_summoner.y IN TXT "image=hello" "port=8081"\n')
+    _zones, hosts = split_on_demand([z], IMAGES)
+    assert sorted((h.name, h.port) for h in hosts) == [("x.example.org", 8080), ("y.example.org", 8081)]

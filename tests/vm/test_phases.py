@@ -54,3 +54,38 @@ def test_a_deadline_hit_in_the_guest_phase_names_the_guest_and_what_libvirt_took
     clock.now += 9.5
     assert timer.overran(10) == ("the guest had not answered its probe 9.5 s after its domain started "
                                  "(boot deadline 10 s; slot 0 ms, libvirt 500 ms)")
+
+
+def test_every_phase_is_exported_from_the_start():
+    """Each phase's series exists before any boot (a dashboard shows 0, not "no data")."""
+    for phase in Phase:
+        assert REGISTRY.get_sample_value("summoner_vm_boot_phase_seconds_count", {"phase": phase.value}) is not None
+
+
+def test_phases_entered_twice_add_up():
+    clock = Clock()
+    timer = PhaseTimer(clock)
+    timer.enter(Phase.SLOT)
+    clock.now += 0.1
+    timer.enter(Phase.LIBVIRT)
+    clock.now += 0.2
+    timer.enter(Phase.SLOT)
+    clock.now += 0.3
+    timer.end()
+    assert timer.summary() == "slot 400 ms, libvirt 200 ms"
+    assert timer.current is None
+
+
+def test_a_deadline_hit_after_the_end_names_the_last_phase():
+    clock = Clock()
+    timer = PhaseTimer(clock)
+    timer.enter(Phase.RESUME)
+    clock.now += 0.3
+    timer.end()
+    clock.now += 5
+    assert timer.overran(1) == "libvirt had not resumed the domain after 0.3 s (boot deadline 1 s; resume 300 ms)"
+
+
+def test_a_timer_never_started_blames_the_guest():
+    assert PhaseTimer(Clock()).overran(3) == ("the guest had not answered its probe 0.0 s after its domain "
+                                             "started (boot deadline 3 s)")
