@@ -1,5 +1,8 @@
 """Exponential back-off, the one used for every retry in summoner
-(libvirt reconnects, Arrowhead registrations, failed boots)."""
+(libvirt reconnects, Arrowhead registrations, failed boots).
+
+Tests: tests/test_backoff.py
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Logging through twisted.logger: a human format, or one JSON object per line."""
+"""Logging through twisted.logger: a human format, or one JSON object per line.
+
+Tests: tests/test_reload.py (human and JSON log lines of a real server), tests/test_configfile.py
+"""
 
 from __future__ import annotations
 

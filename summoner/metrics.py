@@ -3,6 +3,8 @@
 Other parts (VMs, Arrowhead) keep their metrics in their own modules; all of
 them land in prometheus_client's default registry, which the metrics endpoint
 serves.
+
+Tests: tests/test_metrics.py
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""``ADDR:PORT`` as the command line writes listening addresses."""
+"""``ADDR:PORT`` as the command line writes listening addresses.
+
+Tests: tests/test_netaddr.py
+"""
 
 from __future__ import annotations
 

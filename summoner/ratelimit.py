@@ -11,6 +11,8 @@ drops them all.
 One token bucket per network, refilled at ``rate`` per second up to one
 second's worth.  The table is bounded: when it is full it is emptied, which
 at worst lets a flood through for a second.
+
+Tests: tests/test_ratelimit.py
 """
 
 from __future__ import annotations

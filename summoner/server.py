@@ -1,4 +1,7 @@
-"""DNS transports: UDP datagrams and RFC 7766 TCP streams over one Responder."""
+"""DNS transports: UDP datagrams and RFC 7766 TCP streams over one Responder.
+
+Tests: tests/test_dns_conformance.py (UDP and TCP transports of a real server)
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 Parsing runs on a worker thread and the new zone set is swapped in on the
 reactor thread in one step, so queries in flight never see a half-loaded set.
 A reload that fails validation keeps the last good zones.
+
+Tests: tests/test_reload.py
 """
 
 from __future__ import annotations

@@ -179,14 +179,3 @@ def test_names_needing_escapes_are_left_to_the_slow_path() -> None:
     assert key_of_wire(b"\x00") == ""
     chain = Chain([StaticStage(load_zone_dir(EXAMPLE_ZONES)), Fixed("later")])
     assert chain.compiled(b"\x03a.b\x07example\x03org\x00", [0, 4, 12, 16], QTYPE.A) is None
-
-
-def test_backoff_doubles_to_its_cap_and_resets() -> None:
-    from summoner.backoff import Backoff, delay_after
-    backoff = Backoff(1.0, 5.0)
-    assert [backoff.failed() for _ in range(5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
-    backoff.succeeded()
-    assert backoff.upcoming == 1.0 and backoff.failed() == 1.0
-    jittered = Backoff(10.0, 100.0, jitter=0.2)
-    assert all(8.0 <= jittered.failed() / 2 ** i <= 12.0 for i in range(3))
-    assert delay_after(3, 5.0, 300.0) == 20.0

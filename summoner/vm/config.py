@@ -1,4 +1,7 @@
-"""Settings of the on-demand part and the CLI flags that set them."""
+"""Settings of the on-demand part and the CLI flags that set them.
+
+Tests: tests/test_configfile.py
+"""
 
 from __future__ import annotations
 

@@ -15,6 +15,8 @@ fires; the backend then reconnects with exponential back-off, registers its
 callbacks again (old ids die with the old connection) and tells its owner,
 who reconciles with ``list_ours()``: VMs keep running across a libvirtd
 restart and are found again through their metadata.
+
+Tests: tests/vm/test_backend.py (libvirt's test driver), tests/vm/test_libvirt_real.py (real guests)
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The last lines of a VM's QEMU log and console, for failure messages."""
+"""The last lines of a VM's QEMU log and console, for failure messages.
+
+Tests: tests/vm/test_logtail.py
+"""
 
 from __future__ import annotations
 
