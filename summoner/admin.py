@@ -215,9 +215,13 @@ def _duration(seconds: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+def _size(size: int | None) -> str:
+    return "-" if size is None else f"{size / 2**20:.1f} MiB"
+
+
 def format_status(rows: list[dict[str, Any]]) -> str:
-    """A table for humans: NAME STATE ADDRESS UPTIME IDLE BOOTS LAST ERROR."""
-    header = ("NAME", "IMAGE", "STATE", "ADDRESS", "UPTIME", "IDLE", "BOOTS", "LAST ERROR")
+    """A table for humans: NAME IMAGE STATE ADDRESS UPTIME IDLE BOOTS SNAPSHOT LAST ERROR."""
+    header = ("NAME", "IMAGE", "STATE", "ADDRESS", "UPTIME", "IDLE", "BOOTS", "SNAPSHOT", "LAST ERROR")
     table = [header]
     for r in rows:
         error = (r.get("last_error") or "").splitlines()[0:1]
@@ -226,7 +230,7 @@ def format_status(rows: list[dict[str, Any]]) -> str:
             err = f"(retry in {r['retry_in']:.0f}s) {err}"
         table.append((r["name"], r.get("image", ""), r["state"], f"{r['address']}:{r.get('port', '')}",
                       _duration(r.get("uptime")), _duration(r.get("idle")), str(r.get("boot_count", 0)),
-                      err[:60]))
+                      _size(r.get("snapshot_bytes")), err[:60]))
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
              for row in table]

@@ -35,7 +35,7 @@ BOOT_KINDS = ("kernel", "disk")
 DISK_FORMATS = ("qcow2", "raw")
 MACHINES = ("pc", "q35", "microvm")
 IP_CONFIGS = ("kernel-cmdline", "dhcp")
-STOP_MODES = ("destroy", "shutdown", "suspend")
+STOP_MODES = ("destroy", "shutdown", "suspend", "snapshot")
 # Image names become DNS labels and libvirt domain names: one lower-case label.
 _NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 

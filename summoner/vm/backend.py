@@ -131,6 +131,17 @@ class Backend(Protocol):
 
     def suspend(self, name: str) -> defer.Deferred[None]: ...
 
+    def save(self, name: str, path: str) -> defer.Deferred[None]:
+        """Write the running guest's whole state to ``path``; its QEMU
+        process then ends (the domain is gone until ``restore``)."""
+        ...
+
+    def restore(self, name: str, path: str) -> defer.Deferred[str]:
+        """Start domain ``name`` again from a ``save`` file; fires with its
+        UUID.  ``DomainExistsError`` if a domain called ``name`` is there;
+        ``BackendError`` for a file that cannot be restored."""
+        ...
+
     def resume(self, name: str) -> defer.Deferred[None]: ...
 
     def state(self, name: str) -> defer.Deferred[DomainState]: ...

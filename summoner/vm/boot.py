@@ -2,21 +2,24 @@
 adoption of a running VM found at start.
 
 A boot waits for one of ``--max-concurrent-boots`` slots, for the virt type
-to be known and for capacity, then creates the domain (or starts its standby
-domain) and probes the guest until it answers, all within the boot deadline.
-A boot that misses it fails all its waiters (SERVFAIL), destroys the domain
+to be known and for capacity, then gets its domain (restored from the
+service's snapshot, its standby domain started, or a new domain created)
+and probes the guest until it answers, all within the boot deadline.  A
+boot that misses it fails all its waiters (SERVFAIL), destroys the domain
 and sets an exponential retry back-off, so a broken image cannot boot-loop;
 the log line carries libvirt's error, the QEMU log tail, the console tail
 and the probe's last error.  Each boot is one Deferred, ``Service.task``:
 cancelling it (the service was removed) stops it at whatever it awaits and
-destroys the domain it made.
+destroys the domain it made.  A snapshot libvirt cannot restore is removed
+and the service boots afresh: the query is still answered.
 
 Tests: tests/vm/test_boot.py
 """
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+import enum
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 
 from twisted.internet import defer
@@ -33,11 +36,20 @@ from summoner.vm.domxml import NetworkSettings, domain_xml, metadata_xml
 from summoner.vm.lifecycle import Service, State
 from summoner.vm.phases import Phase, PhaseTimer
 from summoner.vm.probe import Probe, ProbeCancelledError, ProbeTimeoutError
+from summoner.vm.snapshots import SnapshotStore
 from summoner.vm.spec import VMSpec, missing_artifacts
 from summoner.vm.standby import Standby
 from summoner.vm.virt import VirtDecision
 
 log = Logger(namespace="summoner.vm.boot")
+
+
+class Start(enum.Enum):
+    """How a boot got its domain."""
+
+    CREATED = "created"
+    STANDBY = "standby"
+    RESTORED = "restored"    # from the service's snapshot (stop mode snapshot)
 
 
 class BootFailedError(Exception):
@@ -87,13 +99,14 @@ def _run(probe: Probe) -> defer.Deferred[int]:
 
 class Booter:
     def __init__(self, config: OnDemandConfig, reactor: IReactorTime, backend: Backend, virt: VirtDecision,
-                 capacity: Capacity, standby: Standby, net: NetworkSettings) -> None:
+                 capacity: Capacity, standby: Standby, snapshots: SnapshotStore, net: NetworkSettings) -> None:
         self.config = config
         self.reactor = reactor
         self.backend = backend
         self.virt = virt
         self.capacity = capacity
         self.standby = standby
+        self.snapshots = snapshots
         self.net = net
         self._slots = defer.DeferredSemaphore(config.max_concurrent_boots)
         self._attempts: dict[Service, Attempt] = {}
@@ -218,56 +231,74 @@ class Booter:
         deadline = start + spec.boot_timeout
         await self.standby.settled(svc)
         timer.enter(Phase.LIBVIRT)
-        from_standby = await self._start_domain(svc, attempt, deadline, timer)
+        started = await self._start_domain(svc, attempt, deadline, timer)
         timer.enter(Phase.GUEST)
         svc.boot_count += 1
         attempts = await self._probe(svc, attempt, deadline, timer)
         timer.end()
         waited = svc.became_ready()
-        if from_standby:  # a running VM now, no longer a standby
+        if started is Start.STANDBY:  # a running VM now, no longer a standby
             self.backend.set_metadata(spec.domain_name, metadata_xml(spec)).addErrback(lambda f: None)
         metrics.BOOTS.labels(svc.name, "success").inc()
         if waited is not None:
-            metrics.QUERY_TO_READY.labels("boot").observe(waited)
-        log.info("{service}: ready in {ms:.0f} ms ({phases}; {attempts} probe attempts, virt type {virt})",
+            metrics.QUERY_TO_READY.labels("restore" if started is Start.RESTORED else "boot").observe(waited)
+        log.info("{service}: ready in {ms:.0f} ms{how} ({phases}; {attempts} probe attempts, virt type {virt})",
                  service=svc.name, ms=(self.reactor.seconds() - start) * 1000, phases=timer.summary(),
+                 how=" (restored from its snapshot)" if started is Start.RESTORED else "",
                  attempts=attempts, virt=self.virt.virt_type)
 
-    async def _start_domain(self, svc: Service, attempt: Attempt, deadline: float, timer: PhaseTimer) -> bool:
-        """Start the guest: its standby domain, or a new domain.  True if it
-        was the standby."""
-        if await self.standby.take(svc):
-            return True
+    async def _start_domain(self, svc: Service, attempt: Attempt, deadline: float, timer: PhaseTimer) -> Start:
+        """Start the guest: from its snapshot, its standby domain, or a new domain."""
         spec = svc.spec
+        snapshot = self.snapshots.find(spec)
+        if snapshot is not None:
+            if await self._started(svc, attempt, deadline, timer,
+                                   lambda: self.backend.restore(spec.domain_name, str(snapshot.path)),
+                                   fallible=True):
+                self.snapshots.discard(spec)  # the guest moves on from it
+                return Start.RESTORED
+        if await self.standby.take(svc):
+            return Start.STANDBY
         xml = domain_xml(spec, self.virt.virt_type, self.net, spec.machine)
+        await self._started(svc, attempt, deadline, timer, lambda: self.backend.create(spec.domain_name, xml))
+        return Start.CREATED
+
+    async def _started(self, svc: Service, attempt: Attempt, deadline: float, timer: PhaseTimer,
+                       start: Callable[[], defer.Deferred[str]], fallible: bool = False) -> bool:
+        """Run ``start`` (a create or a restore) within the boot deadline;
+        a leftover domain of ours (a failed destroy) is replaced.  With
+        ``fallible`` (a restore), libvirt refusing it is logged and False:
+        the caller boots afresh."""
+        spec = svc.spec
         svc.domain_uuid = None
         attempt.creating = True
         try:
-            svc.domain_uuid = await self._create(spec.domain_name, xml, deadline)
+            try:
+                svc.domain_uuid = await self._within(start(), deadline)
+            except DomainExistsError:
+                await destroy_quietly(self.backend, spec.domain_name)
+                svc.domain_uuid = await self._within(start(), deadline)
         except defer.TimeoutError:
             # The domain may still appear: the destroy after the failure runs
-            # on the libvirt thread after the create and removes it.
+            # on the libvirt thread after the call and removes it.
             raise BootFailedError("timeout", timer.overran(spec.boot_timeout) + "; see summoner doctor") from None
         except defer.CancelledError:
-            await destroy_quietly(self.backend, spec.domain_name)  # queued behind the create: removes it
+            await destroy_quietly(self.backend, spec.domain_name)  # queued behind the call: removes it
             raise
         except BackendError as exc:
-            raise BootFailedError("error", f"libvirt: {exc}") from exc
+            if not fallible:
+                raise BootFailedError("error", f"libvirt: {exc}") from exc
+            log.warn("{service}: cannot restore its snapshot ({err}); removing it and booting afresh",
+                     service=svc.name, err=exc)
+            self.snapshots.discard(spec, "it could not be restored")
+            await destroy_quietly(self.backend, spec.domain_name)
+            return False
         finally:
             attempt.creating = False
         for uuid, why in attempt.early:
             if uuid == svc.domain_uuid:
                 attempt.aborted = why
-        return False
-
-    async def _create(self, name: str, xml: str, deadline: float) -> str:
-        """createXML within the boot deadline (``defer.TimeoutError`` past
-        it); a leftover domain of ours (a failed destroy) is replaced."""
-        try:
-            return await self._within(self.backend.create(name, xml), deadline)
-        except DomainExistsError:
-            await destroy_quietly(self.backend, name)
-        return await self._within(self.backend.create(name, xml), deadline)
+        return True
 
     def _within(self, d: defer.Deferred[str], deadline: float) -> defer.Deferred[str]:
         # Cancelling a libvirt call's Deferred does not stop the call; its late

@@ -47,6 +47,10 @@ class OnDemandConfig:
     # cold query skips libvirt's domain start-up (the libvirt boot phase) and only waits
     # for the guest's own boot.
     standby: bool = False
+    # Stop mode "snapshot": where saved guest states live, and how much disk
+    # they may take together.
+    state_dir: Path = Path("/var/lib/summoner")
+    snapshot_budget_mib: int = 2048
 
 
 def _positive_int(text: str) -> int:
@@ -99,6 +103,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--standby", action=argparse.BooleanOptionalAction, default=d.standby,
                    help="keep a paused, not yet booted domain per stopped service: cold boots skip "
                         "libvirt's domain start-up (costs one idle QEMU process per service)")
+    g.add_argument("--state-dir", type=Path, default=d.state_dir, metavar="DIR",
+                   help="where stop mode snapshot keeps saved guests (default: %(default)s)")
+    g.add_argument("--snapshot-budget-mib", type=_positive_int, default=d.snapshot_budget_mib,
+                   help="disk all snapshots may take together; beyond it an idle VM is destroyed instead "
+                        "(default: %(default)s)")
 
 
 def config_from_args(args: argparse.Namespace) -> OnDemandConfig:
@@ -121,6 +130,8 @@ def config_from_args(args: argparse.Namespace) -> OnDemandConfig:
         retry_backoff_max=args.retry_backoff_max,
         boot_timeout=args.boot_timeout,
         idle_timeout=args.idle_timeout,
+        state_dir=args.state_dir,
+        snapshot_budget_mib=args.snapshot_budget_mib,
         stop_mode=args.stop_mode,
         standby=args.standby,
     )

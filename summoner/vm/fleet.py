@@ -5,8 +5,8 @@ The fleet holds the services by name and by domain, applies (re)loaded
 hosts (a removed or changed host retires its service and destroys its VM)
 and wires the collaborators, each with one job::
 
-    Fleet ──▶ Booter (boot, resume, adopt) ──▶ VirtDecision, Capacity, Standby
-      │  ├──▶ Stopper (destroy, shutdown, suspend)
+    Fleet ──▶ Booter (boot, restore, resume, adopt) ──▶ VirtDecision, Capacity, Standby
+      │  ├──▶ Stopper (destroy, shutdown, suspend, snapshot) ──▶ SnapshotStore
       │  ├──▶ EventRouter (libvirt events → transitions)
       │  └──▶ Reconciler (libvirt's domains → adopt, destroy, vanished)
       └── every service's state: summoner.vm.lifecycle.Service
@@ -37,6 +37,7 @@ from summoner.vm.events import EventRouter
 from summoner.vm.hosts import OnDemandHost
 from summoner.vm.lifecycle import Service, State
 from summoner.vm.reconcile import Reconciler
+from summoner.vm.snapshots import Snapshot, SnapshotStore
 from summoner.vm.spec import build_spec
 from summoner.vm.standby import Standby
 from summoner.vm.stop import Stopper
@@ -65,6 +66,7 @@ class ServiceStatus:
     idle_timeout: float
     stop_mode: str
     standby: bool
+    snapshot_bytes: int | None   # its saved state on disk (stop mode snapshot), if any
 
 
 class Fleet:
@@ -76,11 +78,14 @@ class Fleet:
         self.by_domain: dict[str, Service] = {}
         net = NetworkSettings(config.network, config.bridge, config.bridge_gateway, config.bridge_netmask)
         self.virt = VirtDecision(config.virt_type, reactor, backend, config.domain_prefix)
-        self.standby = Standby(config.standby, backend, self.virt, net)
-        self.stopper = Stopper(reactor, backend, restart=self._bring_back, stopped=self._later_standby)
+        self.snapshots = SnapshotStore(config.state_dir, config.snapshot_budget_mib)
+        self.standby = Standby(config.standby, backend, self.virt, net,
+                               has_snapshot=lambda spec: self.snapshots.find(spec) is not None)
+        self.stopper = Stopper(reactor, backend, self.snapshots, restart=self._bring_back,
+                               stopped=self._later_standby)
         self.capacity = Capacity(Limits(config.max_vms, config.memory_budget_mib, config.evict_min_idle), reactor,
                                  self.services.values, self.stopper.stop, self.stopper.stopping)
-        self.booter = Booter(config, reactor, backend, self.virt, self.capacity, self.standby, net)
+        self.booter = Booter(config, reactor, backend, self.virt, self.capacity, self.standby, self.snapshots, net)
         self.events = EventRouter(self.by_domain.get, self.booter, self.stopper, self.virt, self._later_standby)
         self.reconciler = Reconciler(backend, self.services.values, self.by_domain.get, self.booter)
 
@@ -105,6 +110,7 @@ class Fleet:
                 self.by_domain[spec.domain_name] = svc
             else:
                 svc.host, svc.spec = host, spec  # same VM; answers or timeouts may differ
+        self.snapshots.keep_only(s.spec for s in self.services.values())
         self._update_gauge()
 
     def _retire(self, svc: Service, reason: str) -> None:
@@ -182,10 +188,11 @@ class Fleet:
 
     def status(self) -> list[ServiceStatus]:
         now = self.reactor.seconds()
-        return [_status_of(svc, now) for svc in sorted(self.services.values(), key=lambda s: s.name)]
+        return [_status_of(svc, now, self.snapshots.find(svc.spec))
+                for svc in sorted(self.services.values(), key=lambda s: s.name)]
 
 
-def _status_of(svc: Service, now: float) -> ServiceStatus:
+def _status_of(svc: Service, now: float, snapshot: Snapshot | None) -> ServiceStatus:
     up = svc.is_up()
     return ServiceStatus(
         name=svc.name, image=svc.spec.image, state=svc.state.value, address=svc.spec.address,
@@ -195,4 +202,4 @@ def _status_of(svc: Service, now: float) -> ServiceStatus:
         boot_count=svc.boot_count, waiters=len(svc.waiters), last_error=svc.last_error,
         retry_in=round(svc.retry_at - now, 3) if svc.retry_at > now else None,
         memory_mib=svc.spec.memory_mib, idle_timeout=svc.spec.idle_timeout, stop_mode=svc.spec.stop_mode,
-        standby=svc.standby)
+        standby=svc.standby, snapshot_bytes=snapshot.size if snapshot is not None else None)

@@ -60,7 +60,7 @@ from summoner.vm.libvirt_codes import (
     version,
 )
 from summoner.vm.logtail import tail_file
-from summoner.vm.traffic import host_connections, parse_usernet
+from summoner.vm.traffic import host_connections, tap_counters, usernet_rows
 
 T = TypeVar("T")
 
@@ -271,14 +271,18 @@ class LibvirtBackend:
             flags |= libvirt.VIR_DOMAIN_START_PAUSED
 
         def run(conn: libvirt.virConnect) -> str:
-            try:
-                existing = conn.lookupByName(name)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                    raise
-            else:
-                raise DomainExistsError(f"domain '{name}' already exists with uuid {existing.UUIDString()}")
+            _refuse_existing(conn, name)
             return conn.createXML(xml, flags).UUIDString()
+        return self._call(run)
+
+    def save(self, name: str, path: str) -> defer.Deferred[None]:
+        return self._call(lambda conn: _none(conn.lookupByName(name).saveFlags(path, None, 0)))
+
+    def restore(self, name: str, path: str) -> defer.Deferred[str]:
+        def run(conn: libvirt.virConnect) -> str:
+            _refuse_existing(conn, name)
+            conn.restoreFlags(path, None, libvirt.VIR_DOMAIN_SAVE_RUNNING)  # running, even if saved paused
+            return conn.lookupByName(name).UUIDString()
         return self._call(run)
 
     def destroy(self, name: str, uuid: str | None = None) -> defer.Deferred[bool]:
@@ -365,9 +369,9 @@ class LibvirtBackend:
                 try:
                     dom = conn.lookupByName(name)
                     if mode == "bridge":
-                        out[name] = self._tap_counters(dom)
+                        out[name] = tap_counters(dom)
                     else:
-                        out[name] = self._usernet(dom)
+                        out[name] = usernet_rows(dom)
                         meta = parse_metadata(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NS, 0))
                         if meta is not None:
                             forwarded[name] = (meta.address, meta.port)
@@ -379,25 +383,6 @@ class LibvirtBackend:
                     out[name] = tuple(sorted((*out[name], *host.get(end, ()))))
             return out
         return self._call(run)
-
-    @staticmethod
-    def _tap_counters(dom: libvirt.virDomain) -> tuple[int, ...]:
-        root = ET.fromstring(dom.XMLDesc(0))
-        totals = [0, 0, 0, 0]
-        for target in root.iterfind("devices/interface/target"):
-            dev = target.get("dev")
-            if dev:
-                rx_bytes, rx_packets, _e, _d, tx_bytes, tx_packets, _e2, _d2 = dom.interfaceStats(dev)
-                for i, v in enumerate((rx_bytes, rx_packets, tx_bytes, tx_packets)):
-                    totals[i] += v
-        return tuple(totals)
-
-    @staticmethod
-    def _usernet(dom: libvirt.virDomain) -> tuple[str, ...]:
-        import libvirt_qemu
-        text = libvirt_qemu.qemuMonitorCommand(dom, "info usernet",
-                                               libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
-        return parse_usernet(text)
 
     def logs(self, name: str, lines: int = 15) -> defer.Deferred[tuple[str, str]]:
         """Fires with (qemu log tail, guest console tail) for failure messages."""
@@ -427,6 +412,16 @@ class LibvirtBackend:
                 return False, "libvirt offers no kvm domains: " + error_text(exc)
             return True, "ok"
         return self._call(run)
+
+
+def _refuse_existing(conn: libvirt.virConnect, name: str) -> None:
+    try:
+        existing = conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            raise
+    else:
+        raise DomainExistsError(f"domain '{name}' already exists with uuid {existing.UUIDString()}")
 
 
 def _none(_: object) -> None:

@@ -7,7 +7,7 @@ Tests: tests/vm/test_standby.py
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -17,15 +17,17 @@ from summoner.vm.backend import Backend, BackendError, destroy_quietly
 from summoner.vm.deferreds import when_fired
 from summoner.vm.domxml import NetworkSettings, domain_xml
 from summoner.vm.lifecycle import Service, State
-from summoner.vm.spec import missing_artifacts
+from summoner.vm.spec import VMSpec, missing_artifacts
 from summoner.vm.virt import VirtDecision
 
 log = Logger(namespace="summoner.vm.standby")
 
 
 class Standby:
-    def __init__(self, enabled: bool, backend: Backend, virt: VirtDecision, net: NetworkSettings) -> None:
+    def __init__(self, enabled: bool, backend: Backend, virt: VirtDecision, net: NetworkSettings,
+                 has_snapshot: Callable[[VMSpec], bool]) -> None:
         self.enabled = enabled
+        self._has_snapshot = has_snapshot  # such a service comes back from its snapshot instead
         self._backend = backend
         self._virt = virt
         self._net = net
@@ -35,7 +37,7 @@ class Standby:
         """Create the paused standby domain of a stopped service, if wanted."""
         if (not self.enabled or svc.standby or svc in self._preparing or svc.retired
                 or svc.state is not State.STOPPED or not self._backend.connected
-                or not self._virt.decided or missing_artifacts(svc.spec)):
+                or not self._virt.decided or missing_artifacts(svc.spec) or self._has_snapshot(svc.spec)):
             return
         spec = svc.spec
         xml = domain_xml(spec, self._virt.virt_type, self._net, spec.machine, standby=True)

@@ -1,7 +1,9 @@
 """Taking a VM down by its stop mode: ``destroy`` (hard stop), ``shutdown``
 (the ACPI power button, destroyed after the image's grace period if the
-guest does not power off) or ``suspend`` (paused in memory; the next query
-resumes it in milliseconds).
+guest does not power off), ``suspend`` (paused in memory; the next query
+resumes it in milliseconds) or ``snapshot`` (its whole state saved to disk
+and its QEMU process ended: no memory held; the next query restores it, as
+it was, see ``summoner.vm.snapshots``).
 
 Queries that arrive while a VM stops wait; when the stop ends the service is
 brought back for them (``restart``).
@@ -20,6 +22,7 @@ from twisted.logger import Logger
 from summoner.vm.backend import Backend, BackendError, DomainState
 from summoner.vm.deferreds import first_of
 from summoner.vm.lifecycle import Service, State
+from summoner.vm.snapshots import SnapshotStore
 
 log = Logger(namespace="summoner.vm.stop")
 
@@ -27,10 +30,11 @@ _AFTER_FAILED_STOP = {DomainState.RUNNING: State.READY, DomainState.PAUSED: Stat
 
 
 class Stopper:
-    def __init__(self, reactor: IReactorTime, backend: Backend, restart: Callable[[Service], None],
-                 stopped: Callable[[Service], None]) -> None:
+    def __init__(self, reactor: IReactorTime, backend: Backend, snapshots: SnapshotStore,
+                 restart: Callable[[Service], None], stopped: Callable[[Service], None]) -> None:
         self.reactor = reactor
         self.backend = backend
+        self.snapshots = snapshots
         self._restart = restart          # queries came while stopping: bring it back
         self._stopped = stopped          # the VM is gone (a standby may be prepared)
         self._in_flight: dict[Service, defer.Deferred[bool]] = {}
@@ -89,7 +93,10 @@ class Stopper:
 
     async def _take_down(self, svc: Service, mode: str, previous: State, uuid: str | None) -> State:
         domain = svc.spec.domain_name
-        if mode == "suspend" and previous is State.READY:
+        if mode == "snapshot":
+            if await self._snapshot(svc):
+                return State.STOPPED
+        elif mode == "suspend" and previous is State.READY:
             await self.backend.suspend(domain)
             return State.SUSPENDED
         if mode == "shutdown" and previous is State.READY:
@@ -105,6 +112,33 @@ class Stopper:
                 self._powered_off.pop(svc, None)
         await self.backend.destroy(domain, self._this_instance(svc, uuid))
         return State.STOPPED
+
+    async def _snapshot(self, svc: Service) -> bool:
+        """Save the guest's state (its QEMU process then ends); False if it
+        cannot be kept (the caller destroys the VM instead)."""
+        spec = svc.spec
+        why_not = self.snapshots.has_room(spec)
+        if why_not is None:
+            try:
+                partial = self.snapshots.prepare(spec)
+            except OSError as exc:
+                why_not = f"cannot write to {self.snapshots.directory}: {exc} (see --state-dir)"
+        if why_not is not None:
+            log.warn("{service}: no snapshot: {why}; destroying it instead", service=svc.name, why=why_not)
+            return False
+        started = self.reactor.seconds()
+        try:
+            await self.backend.save(spec.domain_name, str(partial))
+        except BackendError:
+            self.snapshots.discard(spec)  # the partial file, never restored
+            raise
+        snapshot = self.snapshots.commit(spec)
+        if svc.retired:  # removed from the zone while saving
+            self.snapshots.discard(spec, "its service was removed")
+            return True
+        log.info("{service}: saved to {path} ({mib:.1f} MiB in {ms:.0f} ms)", service=svc.name,
+                 path=str(snapshot.path), mib=snapshot.size / 2**20, ms=(self.reactor.seconds() - started) * 1000)
+        return True
 
     async def _state_after_failure(self, svc: Service) -> State:
         try:

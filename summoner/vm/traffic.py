@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import socket
 import struct
+import xml.etree.ElementTree as ET
+
+import libvirt
 
 from summoner.vm.backend import TrafficToken
 
@@ -94,3 +97,27 @@ def traffic_seen(mode: str, before: TrafficToken | None, now: TrafficToken) -> b
         return now != before
     rows = set(now)
     return any(not row.startswith(_CLOSING) for row in rows) or bool(rows - set(before))
+
+
+# -- read on libvirt's worker thread (LibvirtBackend.traffic) --------------------
+
+
+def tap_counters(dom: libvirt.virDomain) -> tuple[int, ...]:
+    """A bridge-mode domain's tap counters: rx bytes, rx packets, tx bytes, tx packets."""
+    root = ET.fromstring(dom.XMLDesc(0))
+    totals = [0, 0, 0, 0]
+    for target in root.iterfind("devices/interface/target"):
+        dev = target.get("dev")
+        if dev:
+            rx_bytes, rx_packets, _e, _d, tx_bytes, tx_packets, _e2, _d2 = dom.interfaceStats(dev)
+            for i, v in enumerate((rx_bytes, rx_packets, tx_bytes, tx_packets)):
+                totals[i] += v
+    return tuple(totals)
+
+
+def usernet_rows(dom: libvirt.virDomain) -> tuple[str, ...]:
+    """A user-mode domain's slirp connection table (HMP ``info usernet``)."""
+    import libvirt_qemu
+    text = libvirt_qemu.qemuMonitorCommand(dom, "info usernet",
+                                           libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+    return parse_usernet(text)

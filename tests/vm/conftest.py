@@ -117,7 +117,8 @@ def od_server(vm_env, clean_domains, tmp_path_factory) -> Iterator:
         zones.mkdir()
         (zones / "od.test.zone").write_text(ZONE.format(hello=hello, tasks=tasks, crowd=crowd, extra=zone_extra))
         first = [arg for directory in images_first for arg in ("--images", directory)]
-        server = launch(workdir, zones, "--virt-type", "qemu", "--reap-interval", "0.5", *first, *IMAGE_DIRS,
+        server = launch(workdir, zones, "--virt-type", "qemu", "--reap-interval", "0.5", "--state-dir",
+                        str(workdir / "state"), *first, *IMAGE_DIRS,
                         *extra, server_class=ODServer)
         servers.append(server)
         wait_until_answering(server)

@@ -38,6 +38,7 @@ domain under ``qemu:///system`` (libvirt 9, QEMU 7.2, TCG):
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,8 @@ class FakeBackend:
         self.creates = 0
         self.destroys = 0
         self.shutdowns = 0
+        self.saves = 0
+        self.restores = 0
         self.silent: set[str] = set()      # services whose guest never listens
         self.acpi: set[str] = set()        # services whose guest powers off on the ACPI button
         self.status: dict[str, int] = {}   # HTTP status per service (default 200)
@@ -264,27 +267,58 @@ class FakeBackend:
 
     # -- operations ----------------------------------------------------------------
 
+    def _new_domain(self, name: str, xml: str, paused: bool) -> dict[str, Any]:
+        meta = parse_metadata(xml)
+        assert meta is not None
+        assert f"<name>{name}</name>" in xml, (name, xml)
+        if name in self.domains:
+            raise DomainExistsError(f"domain '{name}' already exists with uuid {self.domains[name]['uuid']}")
+        vm: dict[str, Any] = {
+            "meta": meta, "state": "paused" if paused else "running", "uuid": f"uuid-{next(self._uuids)}",
+            "xml": xml, "ran": False, "net_up": False, "conns": set(), "held": [], "memory": {},
+            "silent": meta.service in self.silent,
+            "status": lambda service=meta.service: self.status.get(service, 200),
+        }
+        vm["port"] = reactor.listenTCP(meta.port, _PortForward(vm), interface=meta.address)
+        self.domains[name] = vm
+        return vm
+
     def create(self, name: str, xml: str, *, paused: bool = False, autodestroy: bool = False) -> defer.Deferred:
         def run() -> tuple[Any, list, list]:
-            meta = parse_metadata(xml)
-            assert meta is not None
-            assert f"<name>{name}</name>" in xml, (name, xml)
-            if name in self.domains:
-                raise DomainExistsError(f"domain '{name}' already exists with uuid {self.domains[name]['uuid']}")
+            vm = self._new_domain(name, xml, paused)
             self.creates += 1
-            uuid = f"uuid-{next(self._uuids)}"
-            vm: dict[str, Any] = {
-                "meta": meta, "state": "paused" if paused else "running", "uuid": uuid, "xml": xml,
-                "ran": False, "net_up": False, "conns": set(), "held": [],
-                "silent": meta.service in self.silent,
-                "status": lambda service=meta.service: self.status.get(service, 200),
-            }
-            vm["port"] = reactor.listenTCP(meta.port, _PortForward(vm), interface=meta.address)
-            self.domains[name] = vm
+            uuid = vm["uuid"]
             if paused:
                 return uuid, [], [(name, STARTED, "booted", uuid), (name, SUSPENDED, "paused", uuid)]
             self._run_guest(name)
             return uuid, [(name, RESUMED, "unpaused", uuid)], [(name, STARTED, "booted", uuid)]
+        return self._call(run)
+
+    def save(self, name: str, path: str) -> defer.Deferred:
+        """Like virDomainSaveFlags: the guest's state (here its ``memory``
+        dict, which tests fill) goes to ``path``; the domain ends."""
+        def run() -> tuple[Any, list, list]:
+            vm = self._domain(name)
+            Path(path).write_text(json.dumps({"name": name, "xml": vm["xml"], "memory": vm["memory"],
+                                              "booted": vm["ran"]}))
+            self.saves += 1
+            self._vanish(name)
+            return None, [], [(name, STOPPED, "saved", vm["uuid"])]
+        return self._call(run)
+
+    def restore(self, name: str, path: str) -> defer.Deferred:
+        """Like virDomainRestoreFlags (running): the guest goes on where it
+        was, network up; a file that is not a save image fails."""
+        def run() -> tuple[Any, list, list]:
+            try:
+                saved = json.loads(Path(path).read_text())
+            except (OSError, ValueError) as exc:
+                raise BackendError(f"operation failed: failed to read qemu header: {exc}") from exc
+            vm = self._new_domain(name, saved["xml"], paused=False)
+            vm["memory"] = saved["memory"]
+            vm["ran"] = vm["net_up"] = saved["booted"]
+            self.restores += 1
+            return vm["uuid"], [], [(name, STARTED, "restored", vm["uuid"])]
         return self._call(run)
 
     def destroy(self, name: str, uuid: str | None = None) -> defer.Deferred:

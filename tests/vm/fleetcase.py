@@ -5,6 +5,8 @@ call's events against its result (see tests/vm/fakes.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
@@ -28,6 +30,7 @@ class FleetCase(unittest.TestCase):
              **config: object) -> OnDemand:
         config.setdefault("virt_type", "qemu")
         config.setdefault("reap_interval", 0.1)
+        config.setdefault("state_dir", Path(self.mktemp()))
         self.backend = FakeBackend(boot_delay)
         self.backend.event_order = self.event_order
         od = OnDemand(OnDemandConfig(**config), reactor, backend=self.backend, images=images)

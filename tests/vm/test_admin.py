@@ -13,12 +13,17 @@ def test_format_status_table():
         {"name": "silent.example.org", "image": "silent", "state": "failed", "address": "127.0.0.12",
          "port": 8080, "uptime": None, "idle": None, "boot_count": 1,
          "last_error": "not ready within 3s; last probe error: connection closed\nmore", "retry_in": 4.2},
+        {"name": "tasks.example.org", "image": "tasks", "state": "stopped", "address": "127.0.0.11", "port": 8080,
+         "uptime": None, "idle": None, "boot_count": 2, "last_error": None, "retry_in": None,
+         "snapshot_bytes": 9_227_468},
     ]
     text = format_status(rows)
     lines = text.splitlines()
-    assert lines[0].split() == ["NAME", "IMAGE", "STATE", "ADDRESS", "UPTIME", "IDLE", "BOOTS", "LAST", "ERROR"]
+    assert lines[0].split() == ["NAME", "IMAGE", "STATE", "ADDRESS", "UPTIME", "IDLE", "BOOTS", "SNAPSHOT", "LAST",
+                                "ERROR"]
     assert "1h02m" in lines[1] and "12.5s" in lines[1] and lines[1].split()[6] == "3"
     assert "(retry in 4s) not ready within 3s" in lines[2] and "more" not in lines[2]
+    assert lines[1].split()[7] == "-" and lines[3].split()[7:9] == ["8.8", "MiB"]  # the saved state's size
 
 
 def test_base_url():

@@ -113,7 +113,7 @@ def test_every_problem_of_a_declaration_is_listed_exactly():
     assert info.value.problems == [
         "example.org.zone:7: memory='lots' must be an integer in [16, 1048576]",
         "example.org.zone:7: idle='forever' must be a number of seconds in [0, 604800]",
-        "example.org.zone:7: stop='explode' must be one of destroy, shutdown, suspend",
+        "example.org.zone:7: stop='explode' must be one of destroy, shutdown, suspend, snapshot",
         "example.org.zone:7: image given twice",
         "example.org.zone:7: expected key=value, got 'x'",
         # a declaration with a problem of its own is not also told it has no image

@@ -1,0 +1,134 @@
+"""Saved guest states for stop mode ``snapshot``: where they live, what
+they cost, and which are still good.
+
+A snapshot is one file per service, ``<state dir>/<service>-<config
+hash>.save``: libvirt writes the guest's memory and device state to a
+temporary name and the file is renamed only once the save succeeded, so a
+crash while saving never leaves a file that would restore into a broken
+guest.  The configuration hash (the one re-adoption uses) is in the name: a
+rebuilt image or a changed declaration cannot restore an old guest, and its
+file is removed as soon as the fleet sees the change.  A restore consumes
+the file (the guest moves on from it).  All snapshots together stay within
+``--snapshot-budget-mib``; an idle VM that would not fit is destroyed instead.
+
+Tests: tests/vm/test_snapshots.py
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from twisted.logger import Logger
+
+from summoner.vm import metrics
+from summoner.vm.spec import VMSpec
+
+log = Logger(namespace="summoner.vm.snapshots")
+
+SUFFIX = ".save"
+PARTIAL = ".partial"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    path: Path
+    size: int   # bytes
+
+
+class SnapshotStore:
+    def __init__(self, directory: Path, budget_mib: int) -> None:
+        self.directory = directory
+        self.budget_bytes = budget_mib * 1024 * 1024
+
+    def path_for(self, spec: VMSpec) -> Path:
+        return self.directory / f"{spec.service}-{spec.config_hash}{SUFFIX}"
+
+    def partial_for(self, spec: VMSpec) -> Path:
+        """Where libvirt writes a save in progress."""
+        return self.directory / f"{spec.service}-{spec.config_hash}{PARTIAL}"
+
+    def find(self, spec: VMSpec) -> Snapshot | None:
+        path = self.path_for(spec)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return None
+        return Snapshot(path, size)
+
+    def used_bytes(self) -> int:
+        return sum(size for _path, size in self._files())
+
+    def has_room(self, spec: VMSpec) -> str | None:
+        """None if a snapshot of ``spec`` fits the budget (its guest memory,
+        the most a save can take); else why not."""
+        need = spec.memory_mib * 1024 * 1024
+        used = self.used_bytes()
+        if used + need > self.budget_bytes:
+            return (f"snapshot budget: needs up to {spec.memory_mib} MiB, {used / 2**20:.0f} of "
+                    f"{self.budget_bytes / 2**20:.0f} MiB in use (--snapshot-budget-mib)")
+        return None
+
+    def prepare(self, spec: VMSpec) -> Path:
+        """The directory exists and no stale partial save is in the way;
+        returns where the save goes (OSError if the directory cannot be made)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        partial = self.partial_for(spec)
+        partial.unlink(missing_ok=True)
+        return partial
+
+    def commit(self, spec: VMSpec) -> Snapshot:
+        """The save succeeded: make it the service's snapshot."""
+        os.replace(self.partial_for(spec), self.path_for(spec))
+        self.update_metrics()
+        found = self.find(spec)
+        assert found is not None
+        return found
+
+    def discard(self, spec: VMSpec, why: str | None = None) -> None:
+        for path in (self.path_for(spec), self.partial_for(spec)):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warn("cannot remove snapshot {path}: {err}", path=str(path), err=exc)
+                continue
+            if why:
+                log.info("removed snapshot {path} ({why})", path=str(path), why=why)
+        self.update_metrics()
+
+    def keep_only(self, specs: Iterable[VMSpec]) -> None:
+        """Remove every snapshot (and partial save) that belongs to no
+        current service configuration: removed hosts, changed images."""
+        wanted = {self.path_for(spec).name for spec in specs}
+        for path, _size in self._files(include_partial=True):
+            if path.name not in wanted:
+                try:
+                    path.unlink()
+                    log.info("removed snapshot {path} (its service or configuration is gone)", path=str(path))
+                except OSError as exc:
+                    log.warn("cannot remove snapshot {path}: {err}", path=str(path), err=exc)
+        self.update_metrics()
+
+    def update_metrics(self) -> None:
+        files = self._files()
+        metrics.SNAPSHOTS.set(len(files))
+        metrics.SNAPSHOT_BYTES.set(sum(size for _path, size in files))
+
+    def _files(self, include_partial: bool = False) -> list[tuple[Path, int]]:
+        suffixes = (SUFFIX, PARTIAL) if include_partial else (SUFFIX,)
+        try:
+            entries = list(os.scandir(self.directory))
+        except OSError:
+            return []
+        out = []
+        for entry in entries:
+            if entry.name.endswith(suffixes) and entry.is_file():
+                try:
+                    out.append((Path(entry.path), entry.stat().st_size))
+                except OSError:
+                    continue
+        return out
