@@ -19,6 +19,11 @@ In one run, on the same image (default ``hello``) and accelerator (TCG unless
       the means of summoner_vm_boot_phase_seconds are printed beside them;
   (f) with --standby, the resident memory (VmRSS) of the paused standby QEMU
       and the CPU it used over 5 s;
+  (g) stop mode snapshot: restore-to-answer (the guest's state saved to disk,
+      its QEMU gone, restored by the query), the save time from summoner's
+      "saved to" lines, the file size, and the memory held while stopped
+      beside a suspended VM's (its QEMU's VmRSS) -- a snapshotted service must
+      have no QEMU process at all;
 
 and prints the overhead (b) - (a), the date and the load average.  Every
 reply is checked (its id, NOERROR, the service's address); a failed one is
@@ -223,13 +228,15 @@ def main() -> int:
         [sys.executable, "-m", "summoner", "serve", "--listen", f"127.0.0.1:{dns_port}", "--zones",
          str(work / "zones"), "--metrics", f"127.0.0.1:{metrics_port}", "--admin", f"127.0.0.1:{admin_port}",
          "--virt-type", args.virt_type, "--images", str(ROOT / "images"), "--log-level", "info",
-         *(["--standby"] if args.standby else [])],
+         "--state-dir", str(work / "state"), *(["--standby"] if args.standby else [])],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     name = "svc.bench.test"
     checked = Checked()
     boots: list[dict[str, float]] = []  # phases of each successful cold boot, beside its (b)
     cold_paired: list[float] = []
-    rss = cpu = None
+    rss = cpu = suspended_rss = None
+    snapshot_sizes: list[int] = []
+    snapshot_left_qemu = 0
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -268,7 +275,19 @@ def main() -> int:
         for _ in range(args.rounds):
             admin(admin_port, f"/services/{name}/stop?mode=suspend", "POST")
             wait_state(admin_port, name, "suspended")
+            if suspended_rss is None:
+                pid = qemu_pid(f"summoner-{name}")
+                suspended_rss = rss_mib(pid) if pid is not None else None
             checked.query("resume", name, dns_port)
+        for _ in range(args.rounds):
+            admin(admin_port, f"/services/{name}/stop?mode=snapshot", "POST")
+            wait_state(admin_port, name, "stopped")
+            row = next(r for r in admin(admin_port, "/services") if r["name"] == name)
+            if row.get("snapshot_bytes"):
+                snapshot_sizes.append(row["snapshot_bytes"])
+            snapshot_left_qemu += qemu_pid(f"summoner-{name}") is not None
+            time.sleep(0.3)  # like the cold rounds: the saving QEMU has exited
+            checked.query("restore", name, dns_port)
         admin(admin_port, f"/services/{name}/stop?mode=destroy", "POST")
     finally:
         server.terminate()
@@ -276,7 +295,8 @@ def main() -> int:
         log.close()
         subprocess.run(["virsh", "-c", "qemu:///system", "destroy", f"summoner-{name}"], capture_output=True)
 
-    cold, warm, resume = (checked.ok.get(kind, []) for kind in ("cold", "warm", "resume"))
+    cold, warm, resume, restore = (checked.ok.get(kind, []) for kind in ("cold", "warm", "resume", "restore"))
+    saves = [float(m) / 1000 for m in re.findall(r"saved to \S+ \([\d.]+ MiB in (\d+) ms\)", log_path.read_text())]
     ms = lambda v: f"{v * 1000:8.1f} ms"  # noqa: E731
     spread = lambda v: f"median {ms(statistics.median(v))}  min {ms(min(v))}  max {ms(max(v))}"  # noqa: E731
     print(f"measured {time.strftime('%Y-%m-%d %H:%M %Z')}, {os.cpu_count()} cores, load average "
@@ -306,12 +326,25 @@ def main() -> int:
             print(f"    {label:<33} {spread(values)}")
         print("    means from summoner_vm_boot_phase_seconds: "
               + ", ".join(f"{phase} {ms(value).strip()}" for phase, value in sorted(phases.items())))
+    if restore:
+        held = f"{suspended_rss:.1f} MiB" if suspended_rss is not None else "?"
+        print(f"(g) snapshot restore to answer        {spread(restore)}")
+        print(f"    save {spread(saves) if saves else 'not logged'}; file "
+              + (f"{statistics.median(snapshot_sizes) / 2**20:.1f} MiB" if snapshot_sizes else "?")
+              + "; memory held while stopped: "
+              + ("none (no QEMU process)" if not snapshot_left_qemu else "A QEMU WAS LEFT")
+              + f", suspended: {held} (VmRSS)")
+        if cold:
+            print(f"    cold boot / restore, medians: {statistics.median(cold) / statistics.median(restore):.2f}x")
     if args.standby:
         print("(f) one paused standby QEMU: "
               + (f"VmRSS {rss:.1f} MiB, CPU over 5 s {cpu * 100:.2f} % of a core" if rss is not None
                  else "process not found"))
     if cold:
         print(f"overhead (b) - (a), medians: {(statistics.median(cold) - statistics.median(raw)) * 1000:.0f} ms")
+    if snapshot_left_qemu:
+        print(f"FAILED: a QEMU process was left after {snapshot_left_qemu} snapshot stops")
+        return 1
     if checked.failed:
         print(f"FAILED: {sum(map(len, checked.failed.values()))} replies were not the service's address")
         return 1
