@@ -236,9 +236,9 @@ class Booter:
         svc.boot_count += 1
         attempts = await self._probe(svc, attempt, deadline, timer)
         timer.end()
-        waited = svc.became_ready()
-        if started is Start.STANDBY:  # a running VM now, no longer a standby
-            self.backend.set_metadata(spec.domain_name, metadata_xml(spec)).addErrback(lambda f: None)
+        # Measured and logged before the waiters get their answers: whoever
+        # holds an answer can already see its boot in the log and metrics.
+        waited = svc.waited()
         metrics.BOOTS.labels(svc.name, "success").inc()
         if waited is not None:
             metrics.QUERY_TO_READY.labels("restore" if started is Start.RESTORED else "boot").observe(waited)
@@ -246,6 +246,9 @@ class Booter:
                  service=svc.name, ms=(self.reactor.seconds() - start) * 1000, phases=timer.summary(),
                  how=" (restored from its snapshot)" if started is Start.RESTORED else "",
                  attempts=attempts, virt=self.virt.virt_type)
+        svc.became_ready()
+        if started is Start.STANDBY:  # a running VM now, no longer a standby
+            self.backend.set_metadata(spec.domain_name, metadata_xml(spec)).addErrback(lambda f: None)
 
     async def _start_domain(self, svc: Service, attempt: Attempt, deadline: float, timer: PhaseTimer) -> Start:
         """Start the guest: from its snapshot, its standby domain, or a new domain."""
@@ -360,10 +363,11 @@ class Booter:
             await self._boot(svc)
             return
         timer.end()
-        waited = svc.became_ready(counted_boot=False)
+        waited = svc.waited()
         if waited is not None:
             metrics.QUERY_TO_READY.labels("resume").observe(waited)
             log.info("{service}: resumed in {ms:.1f} ms", service=svc.name, ms=waited * 1000)
+        svc.became_ready(counted_boot=False)
 
     async def _adopt(self, svc: Service) -> None:
         spec = svc.spec

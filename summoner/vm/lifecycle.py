@@ -122,15 +122,18 @@ class Service:
             self.first_wait = self.clock()
         return d
 
-    def _release(self, ok: bool) -> float | None:
-        """Answer every waiter; how long the first of them waited."""
+    def waited(self) -> float | None:
+        """How long the first query of the current wait has waited (None:
+        nobody waits)."""
+        return None if self.first_wait is None else self.clock() - self.first_wait
+
+    def _release(self, ok: bool) -> None:
+        """Answer every waiter."""
         waiters, self.waiters = self.waiters, []
-        waited = None if self.first_wait is None else self.clock() - self.first_wait
         self.first_wait = None
         metrics.WAITERS.dec(len(waiters))
         for d in waiters:
             d.callback(ok)
-        return waited
 
     # -- transitions -------------------------------------------------------------
 
@@ -164,9 +167,8 @@ class Service:
         """Capacity granted: the boot now counts against the limits."""
         self.reserved = True
 
-    def became_ready(self, counted_boot: bool = True) -> float | None:
-        """The probe succeeded (or the resume did); answers the waiters and
-        says how long the first of them waited."""
+    def became_ready(self, counted_boot: bool = True) -> None:
+        """The probe succeeded (or the resume did); answers the waiters."""
         self._require("became_ready", State.BOOTING)
         now = self.clock()
         if counted_boot:
@@ -179,7 +181,7 @@ class Service:
         self.last_activity = now
         self.reserved = False
         self._enter(State.READY)
-        return self._release(True)
+        self._release(True)
 
     def failed(self, why: str, retry_after: float) -> None:
         """The boot failed: the waiters get SERVFAIL, the next boot waits out

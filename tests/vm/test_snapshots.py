@@ -56,7 +56,6 @@ class SnapshotTest(FleetCase):
         self.assertEqual(answer.rcode, RCODE.NOERROR)
         self.assertEqual((self.backend.creates, self.backend.restores), (1, 1))
         self.assertEqual(self.backend.domains[DOMAIN]["memory"], {"tasks": ["summon"]})
-        yield sleep(0)  # the waiters are answered first, the boot's metrics follow
         self.assertEqual(restores(), before + 1)
         self.assertEqual(list(self.state_dir().glob("*")), [])  # consumed: the guest moved on from it
         self.assertIsNone(od.status()[0]["snapshot_bytes"])
