@@ -54,6 +54,9 @@ class ImageBuildError(RuntimeError):
 class BootSpec:
     kind: str  # "kernel" | "disk"
     machine: str | None = None  # None: the server's --machine (default pc)
+    # Cold starts restore a snapshot taken right after the first boot's probe
+    # succeeded (a "golden" snapshot) instead of booting.
+    snapshot_boot: bool = False
     kernel: Path | None = None
     initrd: Path | None = None
     # Without the ip= part: summoner appends the network settings per VM.
@@ -258,6 +261,7 @@ def load_manifest(path: str | Path) -> ImageManifest:
             initrd=t.path("initrd", base, required=False),
             cmdline=t.get("cmdline", str, "console=ttyS0 quiet panic=-1", check=_no_ip_param),
             firmware=t.path("firmware", base, required=False),
+            snapshot_boot=t.get("snapshot_boot", bool, False),
         )
     else:
         t.forbid(("kernel", "initrd", "cmdline"), 'only for kind = "kernel"')
@@ -267,6 +271,7 @@ def load_manifest(path: str | Path) -> ImageManifest:
             disk=t.path("disk", base, required=True),
             format=t.choice("format", DISK_FORMATS),
             firmware=t.path("firmware", base, required=False),
+            snapshot_boot=t.get("snapshot_boot", bool, False),
         )
     t.finish()
 

@@ -50,6 +50,12 @@ class Start(enum.Enum):
     CREATED = "created"
     STANDBY = "standby"
     RESTORED = "restored"    # from the service's snapshot (stop mode snapshot)
+    GOLDEN = "golden"        # from the golden snapshot of the configuration's first boot
+
+
+_KIND = {Start.CREATED: "boot", Start.STANDBY: "boot", Start.RESTORED: "restore", Start.GOLDEN: "golden"}
+_HOW = {Start.CREATED: "", Start.STANDBY: "", Start.RESTORED: " (restored from its snapshot)",
+        Start.GOLDEN: " (restored from its golden snapshot)"}
 
 
 class BootFailedError(Exception):
@@ -235,17 +241,18 @@ class Booter:
         timer.enter(Phase.GUEST)
         svc.boot_count += 1
         attempts = await self._probe(svc, attempt, deadline, timer)
+        if spec.snapshot_boot and started in (Start.CREATED, Start.STANDBY):
+            await self._take_golden(svc, attempt, timer)
         timer.end()
         # Measured and logged before the waiters get their answers: whoever
         # holds an answer can already see its boot in the log and metrics.
         waited = svc.waited()
         metrics.BOOTS.labels(svc.name, "success").inc()
         if waited is not None:
-            metrics.QUERY_TO_READY.labels("restore" if started is Start.RESTORED else "boot").observe(waited)
+            metrics.QUERY_TO_READY.labels(_KIND[started]).observe(waited)
         log.info("{service}: ready in {ms:.0f} ms{how} ({phases}; {attempts} probe attempts, virt type {virt})",
                  service=svc.name, ms=(self.reactor.seconds() - start) * 1000, phases=timer.summary(),
-                 how=" (restored from its snapshot)" if started is Start.RESTORED else "",
-                 attempts=attempts, virt=self.virt.virt_type)
+                 how=_HOW[started], attempts=attempts, virt=self.virt.virt_type)
         svc.became_ready()
         if started is Start.STANDBY:  # a running VM now, no longer a standby
             self.backend.set_metadata(spec.domain_name, metadata_xml(spec)).addErrback(lambda f: None)
@@ -260,6 +267,14 @@ class Booter:
                                    fallible=True):
                 self.snapshots.discard(spec)  # the guest moves on from it
                 return Start.RESTORED
+            self.snapshots.discard(spec, "it could not be restored")
+        golden = self.snapshots.find(spec, golden=True) if spec.snapshot_boot else None
+        if golden is not None:
+            if await self._started(svc, attempt, deadline, timer,
+                                   lambda: self.backend.restore(spec.domain_name, str(golden.path)),
+                                   fallible=True):
+                return Start.GOLDEN  # kept: every cold start restores it
+            self.snapshots.discard(spec, "it could not be restored", golden=True)
         if await self.standby.take(svc):
             return Start.STANDBY
         xml = domain_xml(spec, self.virt.virt_type, self.net, spec.machine)
@@ -293,7 +308,6 @@ class Booter:
                 raise BootFailedError("error", f"libvirt: {exc}") from exc
             log.warn("{service}: cannot restore its snapshot ({err}); removing it and booting afresh",
                      service=svc.name, err=exc)
-            self.snapshots.discard(spec, "it could not be restored")
             await destroy_quietly(self.backend, spec.domain_name)
             return False
         finally:
@@ -323,6 +337,36 @@ class Booter:
         except defer.CancelledError:
             await destroy_quietly(self.backend, spec.domain_name, svc.domain_uuid)  # this instance only
             raise
+
+    async def _take_golden(self, svc: Service, attempt: Attempt, timer: PhaseTimer) -> None:
+        """The configuration's first boot has just answered its probe, before
+        any client used it: save it as the golden snapshot, then restore it
+        to answer.  Once per configuration; a save that cannot be made is
+        logged and the guest answers as it is."""
+        spec = svc.spec
+        why_not = self.snapshots.has_room(spec)
+        try:
+            partial = self.snapshots.prepare(spec, golden=True) if why_not is None else None
+        except OSError as exc:
+            why_not, partial = f"cannot write to {self.snapshots.directory}: {exc} (see --state-dir)", None
+        if partial is None:
+            log.warn("{service}: no golden snapshot: {why}", service=svc.name, why=why_not)
+            return
+        started = self.reactor.seconds()
+        try:
+            await self.backend.save(spec.domain_name, str(partial))
+        except BackendError as exc:
+            self.snapshots.discard(spec, golden=True)
+            raise BootFailedError("error", f"golden snapshot: libvirt: {exc}") from exc
+        golden = self.snapshots.commit(spec, golden=True)
+        log.info("{service}: golden snapshot saved to {path} ({mib:.1f} MiB in {ms:.0f} ms)", service=svc.name,
+                 path=str(golden.path), mib=golden.size / 2**20, ms=(self.reactor.seconds() - started) * 1000)
+        deadline = self.reactor.seconds() + spec.boot_timeout
+        if not await self._started(svc, attempt, deadline, timer,
+                                   lambda: self.backend.restore(spec.domain_name, str(golden.path)), fallible=True):
+            self.snapshots.discard(spec, "it could not be restored", golden=True)
+            raise BootFailedError("error", "the golden snapshot just saved could not be restored")
+        await self._probe(svc, attempt, deadline, timer)
 
     def _backoff(self, svc: Service) -> float:
         return delay_after(svc.failures + 1, self.config.retry_backoff, self.config.retry_backoff_max)

@@ -51,6 +51,8 @@ class OnDemandConfig:
     # they may take together.
     state_dir: Path = Path("/var/lib/summoner")
     snapshot_budget_mib: int = 2048
+    # Honour the images' snapshot_boot (cold starts from a golden snapshot).
+    snapshot_boot: bool = True
 
 
 def _positive_int(text: str) -> int:
@@ -105,6 +107,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         "libvirt's domain start-up (costs one idle QEMU process per service)")
     g.add_argument("--state-dir", type=Path, default=d.state_dir, metavar="DIR",
                    help="where stop mode snapshot keeps saved guests (default: %(default)s)")
+    g.add_argument("--snapshot-boot", action=argparse.BooleanOptionalAction, default=d.snapshot_boot,
+                   help="cold-start images with snapshot_boot = true from the golden snapshot of their first "
+                        "boot (--no-snapshot-boot: always boot)")
     g.add_argument("--snapshot-budget-mib", type=_positive_int, default=d.snapshot_budget_mib,
                    help="disk all snapshots may take together; beyond it an idle VM is destroyed instead "
                         "(default: %(default)s)")
@@ -132,6 +137,7 @@ def config_from_args(args: argparse.Namespace) -> OnDemandConfig:
         idle_timeout=args.idle_timeout,
         state_dir=args.state_dir,
         snapshot_budget_mib=args.snapshot_budget_mib,
+        snapshot_boot=args.snapshot_boot,
         stop_mode=args.stop_mode,
         standby=args.standby,
     )

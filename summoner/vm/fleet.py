@@ -38,7 +38,7 @@ from summoner.vm.hosts import OnDemandHost
 from summoner.vm.lifecycle import Service, State
 from summoner.vm.reconcile import Reconciler
 from summoner.vm.snapshots import Snapshot, SnapshotStore
-from summoner.vm.spec import build_spec
+from summoner.vm.spec import VMSpec, build_spec
 from summoner.vm.standby import Standby
 from summoner.vm.stop import Stopper
 from summoner.vm.virt import VirtDecision
@@ -80,7 +80,7 @@ class Fleet:
         self.virt = VirtDecision(config.virt_type, reactor, backend, config.domain_prefix)
         self.snapshots = SnapshotStore(config.state_dir, config.snapshot_budget_mib)
         self.standby = Standby(config.standby, backend, self.virt, net,
-                               has_snapshot=lambda spec: self.snapshots.find(spec) is not None)
+                               has_snapshot=self._restores)
         self.stopper = Stopper(reactor, backend, self.snapshots, restart=self._bring_back,
                                stopped=self._later_standby)
         self.capacity = Capacity(Limits(config.max_vms, config.memory_budget_mib, config.evict_min_idle), reactor,
@@ -123,6 +123,11 @@ class Fleet:
             log.info("{service}: {reason} in the zone; destroying its VM", service=svc.name, reason=reason)
             self.backend.destroy(svc.spec.domain_name).addErrback(
                 lambda f: log.warn("{service}: destroy failed: {err}", service=svc.name, err=f.getErrorMessage()))
+
+    def _restores(self, spec: VMSpec) -> bool:
+        """Whether a cold start of ``spec`` restores a snapshot (it needs no standby)."""
+        return (self.snapshots.find(spec) is not None
+                or (spec.snapshot_boot and self.snapshots.find(spec, golden=True) is not None))
 
     def _state_changed(self, svc: Service, previous: State) -> None:
         if not svc.retired:

@@ -29,7 +29,7 @@ BOOTS = Counter(
 QUERY_TO_READY = Histogram(
     "summoner_vm_query_to_ready_seconds",
     "From the first query that found a service not ready to the service being ready, "
-    "by kind (boot, resume, restore).",
+    "by kind (boot, resume, restore, golden).",
     ["kind"], buckets=READY_BUCKETS,
 )
 BOOT_PHASES = Histogram(
@@ -62,7 +62,7 @@ for _result in ("ok", "fail"):
     PROBE_ATTEMPTS.labels(_result)
 for _phase in ("slot", "libvirt", "guest", "resume"):
     BOOT_PHASES.labels(_phase)
-for _kind in ("boot", "resume", "restore"):
+for _kind in ("boot", "resume", "restore", "golden"):
     QUERY_TO_READY.labels(_kind)
 SNAPSHOTS = Gauge("summoner_vm_snapshots", "Saved guest states on disk (stop mode snapshot).")
 SNAPSHOT_BYTES = Gauge("summoner_vm_snapshot_bytes", "Disk taken by saved guest states.")

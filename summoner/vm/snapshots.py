@@ -11,6 +11,12 @@ file is removed as soon as the fleet sees the change.  A restore consumes
 the file (the guest moves on from it).  All snapshots together stay within
 ``--snapshot-budget-mib``; an idle VM that would not fit is destroyed instead.
 
+A *golden* snapshot (``<service>-<config hash>.golden``, images with
+``snapshot_boot = true``) is taken once, right after a configuration's first
+boot answered its probe, before any client used it; later cold starts
+restore it instead of booting, and it is kept (not consumed) until the
+configuration changes.
+
 Tests: tests/vm/test_snapshots.py
 """
 
@@ -29,6 +35,7 @@ from summoner.vm.spec import VMSpec
 log = Logger(namespace="summoner.vm.snapshots")
 
 SUFFIX = ".save"
+GOLDEN = ".golden"
 PARTIAL = ".partial"
 
 
@@ -43,15 +50,15 @@ class SnapshotStore:
         self.directory = directory
         self.budget_bytes = budget_mib * 1024 * 1024
 
-    def path_for(self, spec: VMSpec) -> Path:
-        return self.directory / f"{spec.service}-{spec.config_hash}{SUFFIX}"
+    def path_for(self, spec: VMSpec, golden: bool = False) -> Path:
+        return self.directory / f"{spec.service}-{spec.config_hash}{GOLDEN if golden else SUFFIX}"
 
-    def partial_for(self, spec: VMSpec) -> Path:
+    def partial_for(self, spec: VMSpec, golden: bool = False) -> Path:
         """Where libvirt writes a save in progress."""
-        return self.directory / f"{spec.service}-{spec.config_hash}{PARTIAL}"
+        return self.directory / f"{spec.service}-{spec.config_hash}{'-golden' if golden else ''}{PARTIAL}"
 
-    def find(self, spec: VMSpec) -> Snapshot | None:
-        path = self.path_for(spec)
+    def find(self, spec: VMSpec, golden: bool = False) -> Snapshot | None:
+        path = self.path_for(spec, golden)
         try:
             size = path.stat().st_size
         except OSError:
@@ -71,24 +78,24 @@ class SnapshotStore:
                     f"{self.budget_bytes / 2**20:.0f} MiB in use (--snapshot-budget-mib)")
         return None
 
-    def prepare(self, spec: VMSpec) -> Path:
+    def prepare(self, spec: VMSpec, golden: bool = False) -> Path:
         """The directory exists and no stale partial save is in the way;
         returns where the save goes (OSError if the directory cannot be made)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        partial = self.partial_for(spec)
+        partial = self.partial_for(spec, golden)
         partial.unlink(missing_ok=True)
         return partial
 
-    def commit(self, spec: VMSpec) -> Snapshot:
-        """The save succeeded: make it the service's snapshot."""
-        os.replace(self.partial_for(spec), self.path_for(spec))
+    def commit(self, spec: VMSpec, golden: bool = False) -> Snapshot:
+        """The save succeeded: make it the service's snapshot (or golden snapshot)."""
+        os.replace(self.partial_for(spec, golden), self.path_for(spec, golden))
         self.update_metrics()
-        found = self.find(spec)
+        found = self.find(spec, golden)
         assert found is not None
         return found
 
-    def discard(self, spec: VMSpec, why: str | None = None) -> None:
-        for path in (self.path_for(spec), self.partial_for(spec)):
+    def discard(self, spec: VMSpec, why: str | None = None, golden: bool = False) -> None:
+        for path in (self.path_for(spec, golden), self.partial_for(spec, golden)):
             try:
                 path.unlink()
             except FileNotFoundError:
@@ -103,7 +110,7 @@ class SnapshotStore:
     def keep_only(self, specs: Iterable[VMSpec]) -> None:
         """Remove every snapshot (and partial save) that belongs to no
         current service configuration: removed hosts, changed images."""
-        wanted = {self.path_for(spec).name for spec in specs}
+        wanted = {self.path_for(spec, golden).name for spec in specs for golden in (False, True)}
         for path, _size in self._files(include_partial=True):
             if path.name not in wanted:
                 try:
@@ -119,7 +126,7 @@ class SnapshotStore:
         metrics.SNAPSHOT_BYTES.set(sum(size for _path, size in files))
 
     def _files(self, include_partial: bool = False) -> list[tuple[Path, int]]:
-        suffixes = (SUFFIX, PARTIAL) if include_partial else (SUFFIX,)
+        suffixes = (SUFFIX, GOLDEN, PARTIAL) if include_partial else (SUFFIX, GOLDEN)
         try:
             entries = list(os.scandir(self.directory))
         except OSError:

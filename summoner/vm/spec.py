@@ -44,6 +44,7 @@ class VMSpec:
     shutdown_grace: float
     config_hash: str         # written into the domain's metadata; a change means "reboot"
     machine: str = "pc"
+    snapshot_boot: bool = False  # cold starts restore the golden snapshot of the first boot
 
 
 def domain_name_for(config: OnDemandConfig, service: str) -> str:
@@ -84,6 +85,7 @@ def build_spec(host: OnDemandHost, manifest: ImageManifest, config: OnDemandConf
         shutdown_grace=float(reap.shutdown_grace_s),
         config_hash=digest,
         machine=boot.machine or config.machine,
+        snapshot_boot=boot.snapshot_boot and config.snapshot_boot,
     )
 
 

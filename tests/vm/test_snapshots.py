@@ -6,6 +6,7 @@ save) is checked in tests/vm/test_e2e.py."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from dnslib import RCODE
@@ -137,6 +138,54 @@ class SnapshotTest(FleetCase):
         self.assertEqual(self.backend.saves, 1)
         yield od.stage.resolve(Query.of(HELLO, "A"))
         self.assertEqual(self.backend.restores, 1)
+
+    def golden_image(self):
+        m = manifest("hello")
+        return dataclasses.replace(m, boot=dataclasses.replace(m.boot, snapshot_boot=True))
+
+    @defer.inlineCallbacks
+    def test_golden_the_first_boot_is_saved_pristine_and_later_cold_starts_restore_it(self):
+        od = self.make([host("hello", "127.0.0.114", "hello")], {"hello": self.golden_image()})
+        yield od.start()
+        answer = yield od.stage.resolve(Query.of(HELLO, "A"))
+        self.assertEqual(answer.rcode, RCODE.NOERROR)
+        # booted, saved right after its probe (before any client), restored to answer
+        self.assertEqual((self.backend.creates, self.backend.saves, self.backend.restores), (1, 1, 1))
+        [golden] = list(self.state_dir().glob("*.golden"))
+        self.backend.domains[DOMAIN]["memory"]["client"] = "data"  # what clients do afterwards
+        yield od.stop_service(HELLO)  # destroy: the image's stop mode
+        for round_ in (2, 3):
+            answer = yield od.stage.resolve(Query.of(HELLO, "A"))
+            self.assertEqual(answer.rcode, RCODE.NOERROR)
+            self.assertEqual((self.backend.creates, self.backend.restores), (1, round_))  # no boot
+            self.assertEqual(self.backend.domains[DOMAIN]["memory"], {})  # pristine each time
+            yield od.stop_service(HELLO)
+        self.assertTrue(golden.exists())  # kept
+        od.update_hosts([host("hello", "127.0.0.114", "hello", memory_mib=96)])  # a new configuration
+        self.assertFalse(golden.exists())
+
+    @defer.inlineCallbacks
+    def test_golden_off_by_flag(self):
+        od = self.make([host("hello", "127.0.0.115", "hello")], {"hello": self.golden_image()},
+                       snapshot_boot=False)
+        yield od.start()
+        yield od.stage.resolve(Query.of(HELLO, "A"))
+        self.assertEqual((self.backend.saves, self.backend.restores), (0, 0))
+
+    @defer.inlineCallbacks
+    def test_a_golden_snapshot_that_cannot_be_restored_is_removed_and_booted_afresh(self):
+        od = self.make([host("hello", "127.0.0.116", "hello")], {"hello": self.golden_image()})
+        yield od.start()
+        yield od.stage.resolve(Query.of(HELLO, "A"))
+        yield od.stop_service(HELLO)
+        [golden] = list(self.state_dir().glob("*.golden"))
+        golden.write_bytes(b"not a save image")
+        answer = yield od.stage.resolve(Query.of(HELLO, "A"))
+        self.assertEqual(answer.rcode, RCODE.NOERROR)
+        self.assertEqual(self.backend.creates, 2)  # booted afresh, and a new golden snapshot taken
+        self.assertEqual(self.backend.saves, 2)
+        self.assertIn("golden", golden.name)
+        self.assertTrue(golden.exists())
 
     @defer.inlineCallbacks
     def wait_for(self, condition, timeout: float = 5.0):
