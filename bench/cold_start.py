@@ -24,6 +24,9 @@ In one run, on the same image (default ``hello``) and accelerator (TCG unless
       "saved to" lines, the file size, and the memory held while stopped
       beside a suspended VM's (its QEMU's VmRSS) -- a snapshotted service must
       have no QEMU process at all;
+  (h) golden snapshot (a copy of the image's manifest with snapshot_boot =
+      true, in a second summoner): the first query (boot, golden save, restore)
+      and then cold query-to-answer from the golden snapshot, beside (a);
 
 and prints the overhead (b) - (a), the date and the load average.  Every
 reply is checked (its id, NOERROR, the service's address); a failed one is
@@ -193,6 +196,56 @@ def wait_state(port: int, name: str, state: str, timeout: float = 20, standby: b
     raise RuntimeError(f"{name} not {state}: {rows[name]}")
 
 
+def golden_run(manifest, args, work: Path, checked: Checked) -> tuple[list[float], list[float]]:
+    """(h): a second summoner on a copy of the manifest with snapshot_boot =
+    true; returns (first query, golden cold starts)."""
+    image_dir = work / "golden-images" / manifest.name
+    image_dir.mkdir(parents=True)
+    text = manifest.path.read_text()
+    for key, path in (("kernel", manifest.boot.kernel), ("initrd", manifest.boot.initrd)):
+        if path is not None:
+            text = re.sub(rf'^{key} = "[^"]*"', f'{key} = "{path}"', text, flags=re.M)
+    text = text.replace("[boot]\n", "[boot]\nsnapshot_boot = true\n", 1)
+    (image_dir / "image.toml").write_text(text)
+    dns_port, admin_port = free_port(), free_port()
+    log = open(work / "golden.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "summoner", "serve", "--listen", f"127.0.0.1:{dns_port}", "--zones",
+         str(work / "zones"), "--no-metrics", "--admin", f"127.0.0.1:{admin_port}", "--virt-type", args.virt_type,
+         "--images", str(work / "golden-images"), "--state-dir", str(work / "golden-state")],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    name = "svc.bench.test"
+    try:
+        wait_admin(admin_port)
+        admin(admin_port, f"/services/{name}/stop?mode=destroy", "POST")
+        wait_state(admin_port, name, "stopped")
+        checked.query("golden first", name, dns_port)
+        for _ in range(args.rounds):
+            admin(admin_port, f"/services/{name}/stop?mode=destroy", "POST")
+            wait_state(admin_port, name, "stopped")
+            time.sleep(0.3)
+            checked.query("golden", name, dns_port)
+        admin(admin_port, f"/services/{name}/stop?mode=destroy", "POST")
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        log.close()
+        subprocess.run(["virsh", "-c", "qemu:///system", "destroy", f"summoner-{name}"], capture_output=True)
+    return checked.ok.get("golden first", []), checked.ok.get("golden", [])
+
+
+def wait_admin(port: int, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            admin(port, "/services")
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
@@ -238,15 +291,7 @@ def main() -> int:
     snapshot_sizes: list[int] = []
     snapshot_left_qemu = 0
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                admin(admin_port, "/services")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_admin(admin_port)
         admin(admin_port, f"/services/{name}/stop?mode=destroy", "POST")
         for _ in range(args.rounds):
             wait_state(admin_port, name, "stopped", standby=args.standby)
@@ -294,6 +339,7 @@ def main() -> int:
         server.wait(timeout=20)
         log.close()
         subprocess.run(["virsh", "-c", "qemu:///system", "destroy", f"summoner-{name}"], capture_output=True)
+    golden_first, golden = golden_run(manifest, args, work, checked)
 
     cold, warm, resume, restore = (checked.ok.get(kind, []) for kind in ("cold", "warm", "resume", "restore"))
     saves = [float(m) / 1000 for m in re.findall(r"saved to \S+ \([\d.]+ MiB in (\d+) ms\)", log_path.read_text())]
@@ -336,6 +382,11 @@ def main() -> int:
               + f", suspended: {held} (VmRSS)")
         if cold:
             print(f"    cold boot / restore, medians: {statistics.median(cold) / statistics.median(restore):.2f}x")
+    if golden:
+        print(f"(h) golden snapshot: first query (boot + save + restore) {ms(golden_first[0]).strip()}" if golden_first
+              else "(h) golden snapshot: first query failed")
+        print(f"    cold query to answer from it      {spread(golden)}")
+        print(f"    golden / raw boot (a), medians: {statistics.median(golden) / statistics.median(raw):.2f}x")
     if args.standby:
         print("(f) one paused standby QEMU: "
               + (f"VmRSS {rss:.1f} MiB, CPU over 5 s {cpu * 100:.2f} % of a core" if rss is not None

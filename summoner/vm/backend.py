@@ -52,6 +52,11 @@ class DomainState(enum.StrEnum):
     CRASHED = "crashed"
     GONE = "gone"
 
+    @property
+    def ended(self) -> bool:
+        """No guest runs (or is paused) in it."""
+        return self in (DomainState.SHUTOFF, DomainState.CRASHED, DomainState.GONE)
+
 
 class DomainEvent(enum.StrEnum):
     """libvirt's lifecycle events (``VIR_DOMAIN_EVENT_*``)."""

@@ -80,7 +80,7 @@ class Attempt:
     """One boot or adoption in flight, as libvirt's events see it."""
 
     creating: bool = False                 # createXML has not returned: the new UUID is unknown
-    early: list[tuple[str, str]] = field(default_factory=list)  # (uuid, why) seen while creating
+    early: list[tuple[str, DomainEvent, str]] = field(default_factory=list)  # (uuid, event, detail) while creating
     aborted: str | None = None             # the domain died before the probe started
     probe: Probe | None = None
 
@@ -160,28 +160,33 @@ class Booter:
         attempt = self._attempts.get(svc)
         if attempt is None or svc.state is not State.BOOTING or not svc.reserved:
             return False
-        why = f"domain {event} during boot ({detail})"
         if attempt.creating:
             # We cannot tell this instance's events from its predecessor's
             # until createXML returns its UUID.
             if event.ends_domain or event is DomainEvent.SUSPENDED:
-                attempt.early.append((uuid, why))
+                attempt.early.append((uuid, event, detail))
             return True
         if uuid and svc.domain_uuid and uuid != svc.domain_uuid:
             return True  # an earlier instance (destroyed before this boot)
-        if event.ends_domain:
-            attempt.abort(why)
-        elif event is DomainEvent.SUSPENDED:
-            self._abort_if_still_paused(svc, attempt, detail)
+        self._check_event(svc, attempt, event, detail)
         return True
 
-    def _abort_if_still_paused(self, svc: Service, attempt: Attempt, detail: str) -> None:
-        """A standby domain's own creation-time pause can be reported after
-        the boot has resumed it; only a guest that is paused *now* fails the
-        boot.  The state query runs on the libvirt thread behind the resume,
-        so it sees the domain as it is after it."""
+    def _check_event(self, svc: Service, attempt: Attempt, event: DomainEvent, detail: str) -> None:
+        """Fail the boot if the event says the guest died or paused *and* the
+        domain is so now.  A UUID does not tell instances apart once a
+        snapshot was restored (libvirt keeps the saved UUID), and a standby's
+        creation-time pause can be reported after the boot resumed it; the
+        state query runs on the libvirt thread behind the boot's own calls,
+        so it sees the domain as it is after them."""
+        if not (event.ends_domain or event is DomainEvent.SUSPENDED):
+            return
+
         def checked(state: DomainState) -> None:
-            if state is DomainState.PAUSED and self._attempts.get(svc) is attempt:
+            if self._attempts.get(svc) is not attempt:
+                return
+            if event.ends_domain and state.ended:
+                attempt.abort(f"domain {event} during boot ({detail})")
+            elif event is DomainEvent.SUSPENDED and state is DomainState.PAUSED:
                 attempt.abort(f"guest paused during boot ({detail})")
         self.backend.state(svc.spec.domain_name).addCallbacks(checked, lambda failure: None)
 
@@ -312,9 +317,9 @@ class Booter:
             return False
         finally:
             attempt.creating = False
-        for uuid, why in attempt.early:
+        for uuid, event, detail in attempt.early:
             if uuid == svc.domain_uuid:
-                attempt.aborted = why
+                self._check_event(svc, attempt, event, detail)
         return True
 
     def _within(self, d: defer.Deferred[str], deadline: float) -> defer.Deferred[str]:
@@ -333,7 +338,8 @@ class Booter:
             raise BootFailedError("timeout", f"{timer.overran(spec.boot_timeout)}; last probe error: "
                                          f"{exc.last_error or 'no attempt got an answer'}") from exc
         except ProbeCancelledError as exc:
-            raise BootFailedError("error", f"{exc}; last probe error: {probe.last_error}") from exc
+            raise BootFailedError("error", f"{exc}; last probe error: "
+                                           f"{probe.last_error or 'none (no attempt had ended)'}") from exc
         except defer.CancelledError:
             await destroy_quietly(self.backend, spec.domain_name, svc.domain_uuid)  # this instance only
             raise
@@ -353,9 +359,11 @@ class Booter:
             log.warn("{service}: no golden snapshot: {why}", service=svc.name, why=why_not)
             return
         started = self.reactor.seconds()
+        svc.saves_pending += 1
         try:
             await self.backend.save(spec.domain_name, str(partial))
         except BackendError as exc:
+            svc.saves_pending -= 1
             self.snapshots.discard(spec, golden=True)
             raise BootFailedError("error", f"golden snapshot: libvirt: {exc}") from exc
         golden = self.snapshots.commit(spec, golden=True)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from twisted.logger import Logger
 
-from summoner.vm.backend import DomainEvent
+from summoner.vm.backend import Backend, DomainEvent, DomainState
 from summoner.vm.boot import Booter
 from summoner.vm.lifecycle import Service, State
 from summoner.vm.stop import Stopper
@@ -25,9 +25,10 @@ log = Logger(namespace="summoner.vm.events")
 
 
 class EventRouter:
-    def __init__(self, service_of: Callable[[str], Service | None], booter: Booter, stopper: Stopper,
-                 virt: VirtDecision, vanished: Callable[[Service], None]) -> None:
+    def __init__(self, service_of: Callable[[str], Service | None], backend: Backend, booter: Booter,
+                 stopper: Stopper, virt: VirtDecision, vanished: Callable[[Service], None]) -> None:
         self._service_of = service_of
+        self._backend = backend
         self._booter = booter
         self._stopper = stopper
         self._virt = virt
@@ -38,6 +39,11 @@ class EventRouter:
         if svc is None:
             if domain == self._virt.check.domain_name:
                 self._virt.on_check_event(event, detail)
+            return
+        if event is DomainEvent.STOPPED and detail == "saved" and svc.saves_pending:
+            # summoner's own save (stop mode snapshot, a golden snapshot): the
+            # restored domain keeps the UUID, so only this count tells it apart
+            svc.saves_pending -= 1
             return
         if self._booter.domain_event(svc, event, detail, uuid):
             return
@@ -54,8 +60,16 @@ class EventRouter:
     def _ended(self, svc: Service, event: DomainEvent, detail: str) -> None:
         svc.standby = False  # if it was the standby domain (virsh destroy?), it is gone
         self._stopper.domain_ended(svc)
-        if svc.state in (State.READY, State.SUSPENDED):
-            log.warn("{service}: VM {event} outside summoner ({detail}); next query boots it again",
-                     service=svc.name, event=str(event), detail=detail)
-            svc.vanished()
-            self._vanished(svc)
+        if svc.state not in (State.READY, State.SUSPENDED):
+            return
+
+        # A restored snapshot keeps its UUID, so a late event of the instance
+        # it replaced looks like this one's: only a domain that is gone now
+        # has vanished.  The query runs behind summoner's own libvirt calls.
+        def checked(state: DomainState) -> None:
+            if state.ended and svc.state in (State.READY, State.SUSPENDED) and not svc.retired:
+                log.warn("{service}: VM {event} outside summoner ({detail}); next query boots it again",
+                         service=svc.name, event=str(event), detail=detail)
+                svc.vanished()
+                self._vanished(svc)
+        self._backend.state(svc.spec.domain_name).addCallbacks(checked, lambda failure: None)

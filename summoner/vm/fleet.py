@@ -86,7 +86,8 @@ class Fleet:
         self.capacity = Capacity(Limits(config.max_vms, config.memory_budget_mib, config.evict_min_idle), reactor,
                                  self.services.values, self.stopper.stop, self.stopper.stopping)
         self.booter = Booter(config, reactor, backend, self.virt, self.capacity, self.standby, self.snapshots, net)
-        self.events = EventRouter(self.by_domain.get, self.booter, self.stopper, self.virt, self._later_standby)
+        self.events = EventRouter(self.by_domain.get, backend, self.booter, self.stopper, self.virt,
+                                  self._later_standby)
         self.reconciler = Reconciler(backend, self.services.values, self.by_domain.get, self.booter)
 
     # -- hosts ---------------------------------------------------------------------

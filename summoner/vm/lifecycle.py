@@ -75,6 +75,7 @@ class Service:
     domain_uuid: str | None = None      # the running instance (transient domains get a new one per boot)
     standby: bool = False               # a paused, never-run domain of this spec is waiting
     retired: bool = False               # removed from the zone, or replaced by a changed host
+    saves_pending: int = 0              # summoner's own saves whose "stopped (saved)" event is still to come
     task: defer.Deferred[None] | None = None  # the boot, resume or adoption in flight
     waiters: list[defer.Deferred[bool]] = field(default_factory=list)
     first_wait: float | None = None     # first query of the current wait (latency metric)

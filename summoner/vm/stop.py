@@ -127,9 +127,11 @@ class Stopper:
             log.warn("{service}: no snapshot: {why}; destroying it instead", service=svc.name, why=why_not)
             return False
         started = self.reactor.seconds()
+        svc.saves_pending += 1
         try:
             await self.backend.save(spec.domain_name, str(partial))
         except BackendError:
+            svc.saves_pending -= 1
             self.snapshots.discard(spec)  # the partial file, never restored
             raise
         snapshot = self.snapshots.commit(spec)

@@ -300,7 +300,7 @@ class FakeBackend:
         def run() -> tuple[Any, list, list]:
             vm = self._domain(name)
             Path(path).write_text(json.dumps({"name": name, "xml": vm["xml"], "memory": vm["memory"],
-                                              "booted": vm["ran"]}))
+                                              "booted": vm["ran"], "uuid": vm["uuid"]}))
             self.saves += 1
             self._vanish(name)
             return None, [], [(name, STOPPED, "saved", vm["uuid"])]
@@ -308,13 +308,15 @@ class FakeBackend:
 
     def restore(self, name: str, path: str) -> defer.Deferred:
         """Like virDomainRestoreFlags (running): the guest goes on where it
-        was, network up; a file that is not a save image fails."""
+        was, network up, under the UUID it was saved with (watched on
+        qemu:///system); a file that is not a save image fails."""
         def run() -> tuple[Any, list, list]:
             try:
                 saved = json.loads(Path(path).read_text())
             except (OSError, ValueError) as exc:
                 raise BackendError(f"operation failed: failed to read qemu header: {exc}") from exc
             vm = self._new_domain(name, saved["xml"], paused=False)
+            vm["uuid"] = saved["uuid"]  # libvirt restores the domain with the UUID it was saved with
             vm["memory"] = saved["memory"]
             vm["ran"] = vm["net_up"] = saved["booted"]
             self.restores += 1
