@@ -64,5 +64,9 @@ for _phase in ("slot", "libvirt", "guest", "resume"):
     BOOT_PHASES.labels(_phase)
 for _kind in ("boot", "resume", "restore", "golden"):
     QUERY_TO_READY.labels(_kind)
-SNAPSHOTS = Gauge("summoner_vm_snapshots", "Saved guest states on disk (stop mode snapshot).")
-SNAPSHOT_BYTES = Gauge("summoner_vm_snapshot_bytes", "Disk taken by saved guest states.")
+SNAPSHOTS = Gauge("summoner_vm_snapshots", "Saved guest states on disk, by kind: stopped (stop mode snapshot) "
+                  "or golden (snapshot_boot).", ["kind"])
+SNAPSHOT_BYTES = Gauge("summoner_vm_snapshot_bytes", "Disk taken by saved guest states, by kind.", ["kind"])
+for _kind in ("stopped", "golden"):
+    SNAPSHOTS.labels(_kind)
+    SNAPSHOT_BYTES.labels(_kind)

@@ -122,8 +122,10 @@ class SnapshotStore:
 
     def update_metrics(self) -> None:
         files = self._files()
-        metrics.SNAPSHOTS.set(len(files))
-        metrics.SNAPSHOT_BYTES.set(sum(size for _path, size in files))
+        for kind, suffix in (("stopped", SUFFIX), ("golden", GOLDEN)):
+            sizes = [size for path, size in files if path.name.endswith(suffix)]
+            metrics.SNAPSHOTS.labels(kind).set(len(sizes))
+            metrics.SNAPSHOT_BYTES.labels(kind).set(sum(sizes))
 
     def _files(self, include_partial: bool = False) -> list[tuple[Path, int]]:
         suffixes = (SUFFIX, GOLDEN, PARTIAL) if include_partial else (SUFFIX, GOLDEN)

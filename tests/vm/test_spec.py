@@ -54,3 +54,11 @@ def test_what_changes_the_vm_changes_its_config_hash():
                       OnDemandConfig(network="bridge")).config_hash != base
     # reaping settings do not need a new VM
     assert build_spec(host("hello", "127.0.0.5", "hello", idle=5.0), manifest, OnDemandConfig()).config_hash == base
+
+
+def test_snapshot_boot_comes_from_the_image_unless_the_server_turns_it_off():
+    manifest = load_manifest(HELLO)
+    assert manifest.boot.snapshot_boot  # the shipped hello cold-starts from its golden snapshot
+    assert build_spec(host("hello", "127.0.0.5", "hello"), manifest, OnDemandConfig()).snapshot_boot
+    assert not build_spec(host("hello", "127.0.0.5", "hello"), manifest,
+                          OnDemandConfig(snapshot_boot=False)).snapshot_boot
