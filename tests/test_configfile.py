@@ -20,7 +20,8 @@ from tests.conftest import EXAMPLE_ZONES, ROOT, Server, free_port, summoner_comm
 
 EXAMPLE = ROOT / "deploy" / "summoner.toml"
 # Values for options whose strings go through a converter of their own.
-SAMPLES = {"listen": "127.0.0.9:1053", "metrics": "127.0.0.9:1054", "admin": "127.0.0.9:1055"}
+SAMPLES = {"listen": "127.0.0.9:1053", "metrics": "127.0.0.9:1054", "admin": "127.0.0.9:1055",
+           "domain-prefix": "x-value-"}
 
 
 def serve_parser() -> argparse.ArgumentParser:

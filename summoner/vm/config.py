@@ -6,6 +6,7 @@ Tests: tests/test_configfile.py
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _domain_prefix(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*-", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: letters, digits, '_', '.' and '-', ending in '-'")
+    return text
+
+
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     d = OnDemandConfig()
     g = parser.add_argument_group("on-demand VMs")
@@ -105,6 +112,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--standby", action=argparse.BooleanOptionalAction, default=d.standby,
                    help="keep a paused, not yet booted domain per stopped service: cold boots skip "
                         "libvirt's domain start-up (costs one idle QEMU process per service)")
+    g.add_argument("--domain-prefix", type=_domain_prefix, default=d.domain_prefix, metavar="PREFIX",
+                   help="libvirt domain names of this summoner's VMs start with it; reconciliation touches no "
+                        "other domain, so summoners sharing a libvirtd need their own (default: %(default)s)")
     g.add_argument("--state-dir", type=Path, default=d.state_dir, metavar="DIR",
                    help="where stop mode snapshot keeps saved guests (default: %(default)s)")
     g.add_argument("--snapshot-boot", action=argparse.BooleanOptionalAction, default=d.snapshot_boot,
@@ -139,5 +149,6 @@ def config_from_args(args: argparse.Namespace) -> OnDemandConfig:
         snapshot_budget_mib=args.snapshot_budget_mib,
         snapshot_boot=args.snapshot_boot,
         stop_mode=args.stop_mode,
+        domain_prefix=args.domain_prefix,
         standby=args.standby,
     )

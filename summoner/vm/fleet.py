@@ -88,7 +88,8 @@ class Fleet:
         self.booter = Booter(config, reactor, backend, self.virt, self.capacity, self.standby, self.snapshots, net)
         self.events = EventRouter(self.by_domain.get, backend, self.booter, self.stopper, self.virt,
                                   self._later_standby)
-        self.reconciler = Reconciler(backend, self.services.values, self.by_domain.get, self.booter)
+        self.reconciler = Reconciler(backend, self.services.values, self.by_domain.get, self.booter,
+                                     config.domain_prefix)
 
     # -- hosts ---------------------------------------------------------------------
 

@@ -5,7 +5,9 @@ A domain of ours (summoner metadata) whose service is current is adopted: a
 running one after one successful probe, a paused one as suspended, a paused
 standby as the service's standby.  One whose service is gone or changed
 (config hash) is destroyed.  A service whose VM is not among the domains
-vanished (stopped while libvirt was unreachable).
+vanished (stopped while libvirt was unreachable).  Only domains named with
+this summoner's ``--domain-prefix`` are looked at: another summoner on the
+same libvirtd, with its own prefix, keeps its VMs.
 
 Tests: tests/vm/test_reconcile.py
 """
@@ -38,8 +40,9 @@ class Reconciliation:
 
 class Reconciler:
     def __init__(self, backend: Backend, services: Callable[[], Iterable[Service]],
-                 service_of: Callable[[str], Service | None], booter: Booter) -> None:
+                 service_of: Callable[[str], Service | None], booter: Booter, domain_prefix: str) -> None:
         self._backend = backend
+        self._prefix = domain_prefix
         self._services = services
         self._service_of = service_of
         self._booter = booter
@@ -69,7 +72,8 @@ class Reconciler:
         # (a second or more each) would let VMs change state behind the snapshot.
         r = Reconciliation()
         for info in domains:
-            self._match(info, r)
+            if info.name.startswith(self._prefix):  # other summoners' domains are theirs
+                self._match(info, r)
         self._sweep(r)
         for info in r.orphans:
             await destroy_quietly(self._backend, info.name, info.uuid)  # that very domain, not a successor

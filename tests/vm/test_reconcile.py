@@ -83,4 +83,26 @@ class ReconcileTest(FleetCase):
         od2.reaper.stop()
 
 
+    @defer.inlineCallbacks
+    def test_another_summoner_s_domains_are_left_alone(self):
+        images = {"hello": manifest("hello")}
+        od = self.make([host("mine", "127.0.0.120", "hello")], images)
+        yield od.start()
+        yield od.stage.resolve(Query.of("mine.example.org", "A"))
+        # A second summoner on the same libvirtd with its own prefix and zones
+        # that do not have "mine": it must not take that VM for an orphan.
+        other = OnDemand(OnDemandConfig(virt_type="qemu", domain_prefix="other-", state_dir=self.od.config.state_dir),
+                         reactor, backend=self.backend, images=images)
+        other.update_hosts([host("theirs", "127.0.0.121", "hello")])
+        self.addCleanup(other.stop)
+        yield other.start()
+        self.assertIn("summoner-mine.example.org", self.backend.domains)
+        self.assertEqual(self.backend.destroys, 0)
+        yield other.stage.resolve(Query.of("theirs.example.org", "A"))
+        self.assertIn("other-theirs.example.org", self.backend.domains)
+        stats = yield od.fleet.reconciler.reconcile()
+        self.assertEqual((stats.destroyed, self.svc("mine.example.org").state), (0, State.READY))
+        self.assertIn("other-theirs.example.org", self.backend.domains)
+
+
 ReconcileTestEventsBefore, ReconcileTestEventsAfter = event_orders(ReconcileTest)
