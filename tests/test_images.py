@@ -183,7 +183,7 @@ BROKEN = {
     "zero boot timeout": (_replace("boot_timeout_s = 2.5", "boot_timeout_s = 0"), "boot_timeout_s: must be positive"),
     "status out of range": (_replace("expect_status = 204", "expect_status = 99"), "probe.expect_status: must be"),
     "unknown stop mode": (_replace('stop_mode = "shutdown"', 'stop_mode = "pause"'),
-                          "reap.stop_mode: must be one of destroy, shutdown, suspend; got 'pause'"),
+                          "reap.stop_mode: must be one of destroy, shutdown, suspend, snapshot; got 'pause'"),
     "negative grace": (_replace("shutdown_grace_s = 1", "shutdown_grace_s = -1"), "reap.shutdown_grace_s: must not be"),
     "typo in reap": (_replace("idle_timeout_s = 60", "idle_timeout = 60"), "reap.idle_timeout: unknown key (typo?)"),
     "unknown ip_config": (_replace('ip_config = "kernel-cmdline"', 'ip_config = "x"'), "network.ip_config: must be"),

@@ -62,6 +62,7 @@ class OnDemand:
         self.images: dict[str, ImageManifest] = images if images is not None else {}
         self._fixed_images = images is not None
         self._started = False
+        self._stopping = False
         # Called with published_hosts() whenever the hosts change (Arrowhead
         # publishes them).
         self.on_hosts_changed: list[Callable[[list[OnDemandHost]], None]] = []
@@ -126,6 +127,8 @@ class OnDemand:
                 virt.not_checkable()
         finally:
             hold.callback(None)
+        if self._stopping:
+            return  # stopped while starting: nothing may run on
         self._started = True
         self.reaper.start()
         self.fleet.prepare_all_standby()
@@ -136,6 +139,7 @@ class OnDemand:
 
     def stop(self) -> defer.Deferred[None]:
         """Stop watching; leave VMs running for the next start to adopt."""
+        self._stopping = True
         self.reaper.stop()
         self.fleet.shut_out("summoner stopping")
         return self.backend.stop()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -28,6 +27,7 @@ from twisted.logger import Logger
 
 from summoner.backoff import delay_after
 from summoner.vm import metrics
+from summoner.vm.attempt import Attempt, probe_for, run_probe
 from summoner.vm.backend import Backend, BackendError, DomainEvent, DomainExistsError, DomainState, destroy_quietly
 from summoner.vm.capacity import Capacity
 from summoner.vm.config import OnDemandConfig
@@ -35,9 +35,9 @@ from summoner.vm.deferreds import first_of, when_fired
 from summoner.vm.domxml import NetworkSettings, domain_xml, metadata_xml
 from summoner.vm.lifecycle import Service, State
 from summoner.vm.phases import Phase, PhaseTimer
-from summoner.vm.probe import Probe, ProbeCancelledError, ProbeTimeoutError
-from summoner.vm.snapshots import SnapshotStore
-from summoner.vm.spec import VMSpec, missing_artifacts
+from summoner.vm.probe import ProbeCancelledError, ProbeTimeoutError
+from summoner.vm.snapshots import NoSnapshotError, SnapshotStore, save_guest
+from summoner.vm.spec import missing_artifacts
 from summoner.vm.standby import Standby
 from summoner.vm.virt import VirtDecision
 
@@ -75,34 +75,6 @@ class BootRefusedError(Exception):
         self.result = result
 
 
-@dataclass
-class Attempt:
-    """One boot or adoption in flight, as libvirt's events see it."""
-
-    creating: bool = False                 # createXML has not returned: the new UUID is unknown
-    early: list[tuple[str, DomainEvent, str]] = field(default_factory=list)  # (uuid, event, detail) while creating
-    aborted: str | None = None             # the domain died before the probe started
-    probe: Probe | None = None
-
-    def abort(self, why: str) -> None:
-        if self.probe is not None:
-            self.probe.cancel(why)
-        else:
-            self.aborted = why
-
-
-def probe_for(reactor: IReactorTime, spec: VMSpec, deadline: float) -> Probe:
-    return Probe(reactor, spec.address, spec.port, spec.probe_path, expect_status=spec.expect_status,
-                 interval=spec.probe_interval, request_timeout=spec.request_timeout, deadline=deadline)
-
-
-def _run(probe: Probe) -> defer.Deferred[int]:
-    """``probe.run()``, cancellable: cancelling it cancels the probe."""
-    out: defer.Deferred[int] = defer.Deferred(lambda _: probe.cancel("boot cancelled"))
-    probe.run().chainDeferred(out)
-    return out
-
-
 class Booter:
     def __init__(self, config: OnDemandConfig, reactor: IReactorTime, backend: Backend, virt: VirtDecision,
                  capacity: Capacity, standby: Standby, snapshots: SnapshotStore, net: NetworkSettings) -> None:
@@ -116,6 +88,7 @@ class Booter:
         self.net = net
         self._slots = defer.DeferredSemaphore(config.max_concurrent_boots)
         self._attempts: dict[Service, Attempt] = {}
+        self._no_golden: set[str] = set()  # configurations whose golden snapshot could not be made
 
     # -- starting work ------------------------------------------------------------
 
@@ -246,6 +219,11 @@ class Booter:
         timer.enter(Phase.GUEST)
         svc.boot_count += 1
         attempts = await self._probe(svc, attempt, deadline, timer)
+        if started is Start.STANDBY:  # a running VM now, no longer a standby (golden snapshots included)
+            try:
+                await self.backend.set_metadata(spec.domain_name, metadata_xml(spec))
+            except BackendError as exc:
+                log.warn("{service}: cannot update its metadata: {err}", service=svc.name, err=exc)
         if spec.snapshot_boot and started in (Start.CREATED, Start.STANDBY):
             await self._take_golden(svc, attempt, timer)
         timer.end()
@@ -259,8 +237,6 @@ class Booter:
                  service=svc.name, ms=(self.reactor.seconds() - start) * 1000, phases=timer.summary(),
                  how=_HOW[started], attempts=attempts, virt=self.virt.virt_type)
         svc.became_ready()
-        if started is Start.STANDBY:  # a running VM now, no longer a standby
-            self.backend.set_metadata(spec.domain_name, metadata_xml(spec)).addErrback(lambda f: None)
 
     async def _start_domain(self, svc: Service, attempt: Attempt, deadline: float, timer: PhaseTimer) -> Start:
         """Start the guest: from its snapshot, its standby domain, or a new domain."""
@@ -333,7 +309,7 @@ class Booter:
         if attempt.aborted:
             probe.cancel(attempt.aborted)
         try:
-            return await _run(probe)
+            return await run_probe(probe)
         except ProbeTimeoutError as exc:
             raise BootFailedError("timeout", f"{timer.overran(spec.boot_timeout)}; last probe error: "
                                          f"{exc.last_error or 'no attempt got an answer'}") from exc
@@ -347,33 +323,34 @@ class Booter:
     async def _take_golden(self, svc: Service, attempt: Attempt, timer: PhaseTimer) -> None:
         """The configuration's first boot has just answered its probe, before
         any client used it: save it as the golden snapshot, then restore it
-        to answer.  Once per configuration; a save that cannot be made is
-        logged and the guest answers as it is."""
+        to answer.  Once per configuration: after a failure (no room, or a
+        guest libvirt cannot save) this configuration boots, and the guest
+        answers as it is if it still runs."""
         spec = svc.spec
-        why_not = self.snapshots.has_room(spec)
-        try:
-            partial = self.snapshots.prepare(spec, golden=True) if why_not is None else None
-        except OSError as exc:
-            why_not, partial = f"cannot write to {self.snapshots.directory}: {exc} (see --state-dir)", None
-        if partial is None:
-            log.warn("{service}: no golden snapshot: {why}", service=svc.name, why=why_not)
+        if spec.config_hash in self._no_golden:
             return
         started = self.reactor.seconds()
-        svc.saves_pending += 1
         try:
-            await self.backend.save(spec.domain_name, str(partial))
-        except BackendError as exc:
-            svc.saves_pending -= 1
-            self.snapshots.discard(spec, golden=True)
-            raise BootFailedError("error", f"golden snapshot: libvirt: {exc}") from exc
-        golden = self.snapshots.commit(spec, golden=True)
+            golden = await save_guest(self.snapshots, self.backend, svc, golden=True)
+        except NoSnapshotError as exc:
+            self._no_golden.add(spec.config_hash)
+            log.warn("{service}: no golden snapshot ({why}); its cold starts boot", service=svc.name, why=str(exc))
+            try:
+                state = await self.backend.state(spec.domain_name)
+            except BackendError:
+                state = DomainState.GONE
+            if state.ended:
+                raise BootFailedError("error", f"golden snapshot: {exc}; the guest ended with it") from exc
+            return
         log.info("{service}: golden snapshot saved to {path} ({mib:.1f} MiB in {ms:.0f} ms)", service=svc.name,
                  path=str(golden.path), mib=golden.size / 2**20, ms=(self.reactor.seconds() - started) * 1000)
         deadline = self.reactor.seconds() + spec.boot_timeout
         if not await self._started(svc, attempt, deadline, timer,
                                    lambda: self.backend.restore(spec.domain_name, str(golden.path)), fallible=True):
+            self._no_golden.add(spec.config_hash)
             self.snapshots.discard(spec, "it could not be restored", golden=True)
-            raise BootFailedError("error", "the golden snapshot just saved could not be restored")
+            raise BootFailedError("error", "the golden snapshot just saved could not be restored; the next "
+                                           "boot boots without one")
         await self._probe(svc, attempt, deadline, timer)
 
     def _backoff(self, svc: Service) -> float:
@@ -426,7 +403,7 @@ class Booter:
         attempt = self._attempts[svc] = Attempt()
         probe = attempt.probe = probe_for(self.reactor, spec, self.reactor.seconds() + spec.boot_timeout)
         try:
-            await _run(probe)
+            await run_probe(probe)
         except (ProbeTimeoutError, ProbeCancelledError) as exc:
             log.warn("{service}: running VM found but not answering ({err}, {last}); destroying",
                      service=svc.name, err=exc, last=probe.last_error)

@@ -13,7 +13,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from summoner.vm.deferreds import first_of
+from summoner.vm.deferreds import first_of, when_fired
 from summoner.vm.lifecycle import Service, State
 
 log = Logger(namespace="summoner.vm.capacity")
@@ -88,7 +88,8 @@ class Capacity:
                          service=victim.name, other=svc.name,
                          idle=self.reactor.seconds() - victim.last_used())
                 tried.add(victim.name)
-                await self._stop(victim, "capacity", "destroy")
+                # when_fired: cancelling this boot must not cancel the victim's stop
+                await when_fired(self._stop(victim, "capacity", "destroy"))
                 continue
             stopping = self._stopping()
             if not stopping:

@@ -89,7 +89,7 @@ class Fleet:
         self.events = EventRouter(self.by_domain.get, backend, self.booter, self.stopper, self.virt,
                                   self._later_standby)
         self.reconciler = Reconciler(backend, self.services.values, self.by_domain.get, self.booter,
-                                     config.domain_prefix)
+                                     config.domain_prefix, self.snapshots)
 
     # -- hosts ---------------------------------------------------------------------
 

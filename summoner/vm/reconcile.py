@@ -24,6 +24,7 @@ from summoner.vm import metrics
 from summoner.vm.backend import Backend, BackendError, DomainInfo, DomainState, destroy_quietly
 from summoner.vm.boot import Booter
 from summoner.vm.lifecycle import Service, State
+from summoner.vm.snapshots import SnapshotStore
 
 log = Logger(namespace="summoner.vm.reconcile")
 
@@ -40,8 +41,10 @@ class Reconciliation:
 
 class Reconciler:
     def __init__(self, backend: Backend, services: Callable[[], Iterable[Service]],
-                 service_of: Callable[[str], Service | None], booter: Booter, domain_prefix: str) -> None:
+                 service_of: Callable[[str], Service | None], booter: Booter, domain_prefix: str,
+                 snapshots: SnapshotStore) -> None:
         self._backend = backend
+        self._snapshots = snapshots
         self._prefix = domain_prefix
         self._services = services
         self._service_of = service_of
@@ -108,6 +111,9 @@ class Reconciler:
             svc.domain_uuid = info.uuid
         elif svc.state in (State.STOPPED, State.FAILED) and (paused or running):
             r.adopted += 1
+            # The running guest is newer than any saved state of it (a restore
+            # that finished while summoner was away): that file must not come back.
+            self._snapshots.discard(svc.spec, "its VM is running")
             if paused:
                 svc.adopted_paused(info.uuid)
             else:

@@ -30,6 +30,8 @@ from pathlib import Path
 from twisted.logger import Logger
 
 from summoner.vm import metrics
+from summoner.vm.backend import Backend, BackendError
+from summoner.vm.lifecycle import Service
 from summoner.vm.spec import VMSpec
 
 log = Logger(namespace="summoner.vm.snapshots")
@@ -45,10 +47,17 @@ class Snapshot:
     size: int   # bytes
 
 
+class NoSnapshotError(Exception):
+    """Why a snapshot was not made (no room, no directory, libvirt refused)."""
+
+
 class SnapshotStore:
     def __init__(self, directory: Path, budget_mib: int) -> None:
         self.directory = directory
         self.budget_bytes = budget_mib * 1024 * 1024
+        # Saves in flight, each counted at its guest's memory size until
+        # committed or abandoned: N VMs reaped at once cannot overshoot.
+        self._reserved: dict[Path, int] = {}
 
     def path_for(self, spec: VMSpec, golden: bool = False) -> Path:
         return self.directory / f"{spec.service}-{spec.config_hash}{GOLDEN if golden else SUFFIX}"
@@ -66,7 +75,8 @@ class SnapshotStore:
         return Snapshot(path, size)
 
     def used_bytes(self) -> int:
-        return sum(size for _path, size in self._files())
+        """Bytes on disk plus the reservations of the saves in flight."""
+        return sum(size for _path, size in self._files()) + sum(self._reserved.values())
 
     def has_room(self, spec: VMSpec) -> str | None:
         """None if a snapshot of ``spec`` fits the budget (its guest memory,
@@ -84,10 +94,18 @@ class SnapshotStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         partial = self.partial_for(spec, golden)
         partial.unlink(missing_ok=True)
+        self._reserved[partial] = spec.memory_mib * 1024 * 1024
         return partial
+
+    def abandon(self, spec: VMSpec, golden: bool = False) -> None:
+        """The save failed or was cancelled: its partial file goes."""
+        partial = self.partial_for(spec, golden)
+        self._reserved.pop(partial, None)
+        partial.unlink(missing_ok=True)
 
     def commit(self, spec: VMSpec, golden: bool = False) -> Snapshot:
         """The save succeeded: make it the service's snapshot (or golden snapshot)."""
+        self._reserved.pop(self.partial_for(spec, golden), None)
         os.replace(self.partial_for(spec, golden), self.path_for(spec, golden))
         self.update_metrics()
         found = self.find(spec, golden)
@@ -113,6 +131,7 @@ class SnapshotStore:
         wanted = {self.path_for(spec, golden).name for spec in specs for golden in (False, True)}
         for path, _size in self._files(include_partial=True):
             if path.name not in wanted:
+                self._reserved.pop(path, None)
                 try:
                     path.unlink()
                     log.info("removed snapshot {path} (its service or configuration is gone)", path=str(path))
@@ -141,3 +160,30 @@ class SnapshotStore:
                 except OSError:
                     continue
         return out
+
+
+async def save_guest(store: SnapshotStore, backend: Backend, svc: Service, golden: bool = False) -> Snapshot:
+    """Save ``svc``'s running (or paused) guest through libvirt: its QEMU
+    ends and its state becomes the service's snapshot (or, ``golden``, the
+    configuration's golden snapshot).  ``NoSnapshotError`` says why not; the
+    domain may then still run, or be gone."""
+    spec = svc.spec
+    why = store.has_room(spec)
+    if why is not None:
+        raise NoSnapshotError(why)
+    try:
+        partial = store.prepare(spec, golden)
+    except OSError as exc:
+        raise NoSnapshotError(f"cannot write to {store.directory}: {exc} (see --state-dir)") from exc
+    svc.saves_pending += 1  # its "stopped (saved)" event is summoner's own
+    saved = False
+    try:
+        await backend.save(spec.domain_name, str(partial))
+        saved = True
+    except BackendError as exc:
+        raise NoSnapshotError(f"libvirt: {exc}") from exc
+    finally:
+        if not saved:
+            svc.saves_pending -= 1
+            store.abandon(spec, golden)
+    return store.commit(spec, golden)

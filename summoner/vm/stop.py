@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from summoner.vm.backend import Backend, BackendError, DomainState
 from summoner.vm.deferreds import first_of
 from summoner.vm.lifecycle import Service, State
-from summoner.vm.snapshots import SnapshotStore
+from summoner.vm.snapshots import NoSnapshotError, SnapshotStore, save_guest
 
 log = Logger(namespace="summoner.vm.stop")
 
@@ -115,28 +115,16 @@ class Stopper:
 
     async def _snapshot(self, svc: Service) -> bool:
         """Save the guest's state (its QEMU process then ends); False if it
-        cannot be kept (the caller destroys the VM instead)."""
-        spec = svc.spec
-        why_not = self.snapshots.has_room(spec)
-        if why_not is None:
-            try:
-                partial = self.snapshots.prepare(spec)
-            except OSError as exc:
-                why_not = f"cannot write to {self.snapshots.directory}: {exc} (see --state-dir)"
-        if why_not is not None:
-            log.warn("{service}: no snapshot: {why}; destroying it instead", service=svc.name, why=why_not)
-            return False
+        cannot be kept (the caller destroys the VM instead: its state is
+        lost, but an idle VM that cannot be saved must still be stopped)."""
         started = self.reactor.seconds()
-        svc.saves_pending += 1
         try:
-            await self.backend.save(spec.domain_name, str(partial))
-        except BackendError:
-            svc.saves_pending -= 1
-            self.snapshots.discard(spec)  # the partial file, never restored
-            raise
-        snapshot = self.snapshots.commit(spec)
+            snapshot = await save_guest(self.snapshots, self.backend, svc)
+        except NoSnapshotError as exc:
+            log.warn("{service}: no snapshot: {why}; destroying it instead", service=svc.name, why=str(exc))
+            return False
         if svc.retired:  # removed from the zone while saving
-            self.snapshots.discard(spec, "its service was removed")
+            self.snapshots.discard(svc.spec, "its service was removed")
             return True
         log.info("{service}: saved to {path} ({mib:.1f} MiB in {ms:.0f} ms)", service=svc.name,
                  path=str(snapshot.path), mib=snapshot.size / 2**20, ms=(self.reactor.seconds() - started) * 1000)

@@ -165,6 +165,8 @@ class FakeBackend:
         self.destroys = 0
         self.shutdowns = 0
         self.saves = 0
+        self.save_attempts = 0
+        self.save_error: str | None = None  # every save fails with it
         self.restores = 0
         self.silent: set[str] = set()      # services whose guest never listens
         self.acpi: set[str] = set()        # services whose guest powers off on the ACPI button
@@ -299,6 +301,9 @@ class FakeBackend:
         dict, which tests fill) goes to ``path``; the domain ends."""
         def run() -> tuple[Any, list, list]:
             vm = self._domain(name)
+            self.save_attempts += 1
+            if self.save_error:  # e.g. libvirt refusing a domain with a transient disk; the guest runs on
+                raise BackendError(self.save_error)
             Path(path).write_text(json.dumps({"name": name, "xml": vm["xml"], "memory": vm["memory"],
                                               "booted": vm["ran"], "uuid": vm["uuid"]}))
             self.saves += 1

@@ -12,7 +12,7 @@ from summoner.vm.app import OnDemand
 from summoner.vm.config import OnDemandConfig
 from summoner.vm.lifecycle import State
 from tests.vm.fakes import host, manifest
-from tests.vm.fleetcase import FleetCase, event_orders
+from tests.vm.fleetcase import FleetCase, event_orders, sleep
 
 
 class ReconcileTest(FleetCase):
@@ -103,6 +103,25 @@ class ReconcileTest(FleetCase):
         stats = yield od.fleet.reconciler.reconcile()
         self.assertEqual((stats.destroyed, self.svc("mine.example.org").state), (0, State.READY))
         self.assertIn("other-theirs.example.org", self.backend.domains)
+
+
+    @defer.inlineCallbacks
+    def test_stopping_summoner_during_an_adoption_keeps_the_vm(self):
+        images = {"hello": manifest("hello")}
+        od = self.make([host("kept", "127.0.0.122", "hello")], images)
+        yield od.start()
+        yield od.stage.resolve(Query.of("kept.example.org", "A"))
+        self.backend.domains["summoner-kept.example.org"]["silent"] = True  # its probe will not succeed soon
+        od2 = OnDemand(OnDemandConfig(virt_type="qemu", state_dir=self.od.config.state_dir), reactor,
+                       backend=self.backend, images=images)
+        od2.update_hosts([host("kept", "127.0.0.122", "hello")])
+        od2.start()
+        yield sleep(0.1)  # adopting: probing the running VM
+        self.assertEqual(od2.fleet.services["kept.example.org"].state, State.BOOTING)
+        yield od2.stop()  # summoner stops: VMs keep running for the next start
+        yield sleep(0.1)
+        self.assertIn("summoner-kept.example.org", self.backend.domains)
+        self.assertEqual(self.backend.destroys, 0)
 
 
 ReconcileTestEventsBefore, ReconcileTestEventsAfter = event_orders(ReconcileTest)

@@ -188,6 +188,32 @@ class SnapshotTest(FleetCase):
         self.assertTrue(golden.exists())
 
     @defer.inlineCallbacks
+    def test_a_guest_libvirt_cannot_save_still_answers_and_is_not_tried_again(self):
+        od = self.make([host("hello", "127.0.0.117", "hello")], {"hello": self.golden_image()})
+        self.backend.save_error = "Requested operation is not valid: cannot migrate domain with transient disk"
+        yield od.start()
+        answer = yield od.stage.resolve(Query.of(HELLO, "A"))
+        self.assertEqual(answer.rcode, RCODE.NOERROR)  # the guest answers as it is
+        self.assertEqual(self.svc(HELLO).state, State.READY)
+        yield od.stop_service(HELLO)
+        answer = yield od.stage.resolve(Query.of(HELLO, "A"))
+        self.assertEqual(answer.rcode, RCODE.NOERROR)
+        self.assertEqual((self.backend.creates, self.backend.save_attempts), (2, 1))  # not retried per boot
+        self.assertEqual(list(self.state_dir().glob("*")), [])
+
+    @defer.inlineCallbacks
+    def test_stop_mode_snapshot_that_libvirt_refuses_destroys_the_idle_vm(self):
+        od = self.boot_one()
+        self.backend.save_error = "operation failed: cannot save"
+        yield od.start()
+        yield od.stage.resolve(Query.of(HELLO, "A"))
+        result = yield od.stop_service(HELLO)
+        self.assertTrue(result["ok"])
+        self.assertEqual(self.svc(HELLO).state, State.STOPPED)  # stopped all the same, its state lost
+        self.assertEqual((self.backend.save_attempts, self.backend.destroys), (1, 1))
+        self.assertEqual(list(self.state_dir().glob("*")), [])
+
+    @defer.inlineCallbacks
     def wait_for(self, condition, timeout: float = 5.0):
         waited = 0.0
         while not condition():
@@ -204,7 +230,9 @@ def test_a_save_counts_only_once_committed_and_partial_saves_are_swept(tmp_path)
     spec = build_spec(host("hello", "127.0.0.1", "hello"), manifest("hello", memory=64), OnDemandConfig())
     partial = store.prepare(spec)
     partial.write_bytes(b"x" * 1000)  # libvirt writing, or a crash mid-save
-    assert store.find(spec) is None and store.used_bytes() == 0
+    assert store.find(spec) is None
+    assert store.used_bytes() == 64 * 2**20  # a save in flight counts at its guest's memory size
+    assert store.has_room(spec) is not None  # a second 64 MiB save would overshoot 100 MiB
     snapshot = store.commit(spec)
     assert snapshot.path == store.path_for(spec) and snapshot.size == 1000 and not partial.exists()
     assert store.has_room(spec) is None  # 64 MiB more fits in 100
@@ -215,6 +243,7 @@ def test_a_save_counts_only_once_committed_and_partial_saves_are_swept(tmp_path)
     store.prepare(spec).write_bytes(b"z")  # an interrupted save beside the good one
     store.keep_only([other])
     assert sorted(p.name for p in (tmp_path / "state").iterdir()) == [store.path_for(other).name]
+    assert store.used_bytes() == 1  # the swept save's reservation went with it
 
 
 def test_the_budget_counts_the_guest_memory_a_save_may_take(tmp_path):
