@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.logger import Logger
 
 from summoner.images import ImageManifest
@@ -78,7 +78,9 @@ class Fleet:
         self.by_domain: dict[str, Service] = {}
         net = NetworkSettings(config.network, config.bridge, config.bridge_gateway, config.bridge_netmask)
         self.virt = VirtDecision(config.virt_type, reactor, backend, config.domain_prefix)
-        self.snapshots = SnapshotStore(config.state_dir, config.snapshot_budget_mib)
+        threads = IReactorThreads(reactor)
+        self.snapshots = SnapshotStore(config.state_dir, config.snapshot_budget_mib,
+                                       unlink_later=lambda path: threads.callInThread(path.unlink, True))
         self.standby = Standby(config.standby, backend, self.virt, net,
                                has_snapshot=self._restores)
         self.stopper = Stopper(reactor, backend, self.snapshots, restart=self._bring_back,

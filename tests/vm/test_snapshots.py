@@ -39,6 +39,11 @@ class SnapshotTest(FleetCase):
     def state_dir(self) -> Path:
         return self.od.config.state_dir
 
+    def files(self) -> list[Path]:
+        """What the state directory holds (removed files go to .trash, unlinked off the reactor)."""
+        directory = self.state_dir()
+        return [p for p in directory.iterdir() if not p.name.startswith(".")] if directory.exists() else []
+
     @defer.inlineCallbacks
     def test_the_guest_comes_back_as_it_was_and_nothing_runs_meanwhile(self):
         od = self.boot_one()
@@ -58,7 +63,7 @@ class SnapshotTest(FleetCase):
         self.assertEqual((self.backend.creates, self.backend.restores), (1, 1))
         self.assertEqual(self.backend.domains[DOMAIN]["memory"], {"tasks": ["summon"]})
         self.assertEqual(restores(), before + 1)
-        self.assertEqual(list(self.state_dir().glob("*")), [])  # consumed: the guest moved on from it
+        self.assertEqual(self.files(), [])  # consumed: the guest moved on from it
         self.assertIsNone(od.status()[0]["snapshot_bytes"])
 
     @defer.inlineCallbacks
@@ -110,12 +115,12 @@ class SnapshotTest(FleetCase):
         yield od.stop_service(HELLO)
         self.assertEqual(len(list(self.state_dir().glob("*.save"))), 1)
         od.update_hosts([host("hello", "127.0.0.110", "hello", stop="snapshot", memory_mib=96)])  # a new VM
-        self.assertEqual(list(self.state_dir().glob("*")), [])
+        self.assertEqual(self.files(), [])
         yield od.stage.resolve(Query.of(HELLO, "A"))
         yield od.stop_service(HELLO)
         self.assertEqual(len(list(self.state_dir().glob("*.save"))), 1)
         od.update_hosts([])
-        self.assertEqual(list(self.state_dir().glob("*")), [])
+        self.assertEqual(self.files(), [])
 
     @defer.inlineCallbacks
     def test_beyond_the_budget_the_vm_is_destroyed_instead(self):
@@ -127,7 +132,7 @@ class SnapshotTest(FleetCase):
         self.assertTrue(result["ok"])
         self.assertEqual((self.backend.saves, self.backend.destroys), (0, 1))
         self.assertNotIn(DOMAIN, self.backend.domains)
-        self.assertEqual(list(self.state_dir().glob("*")) if self.state_dir().exists() else [], [])
+        self.assertEqual(self.files(), [])
 
     @defer.inlineCallbacks
     def test_admin_stop_with_mode_snapshot_on_a_destroy_service(self):
@@ -199,7 +204,7 @@ class SnapshotTest(FleetCase):
         answer = yield od.stage.resolve(Query.of(HELLO, "A"))
         self.assertEqual(answer.rcode, RCODE.NOERROR)
         self.assertEqual((self.backend.creates, self.backend.save_attempts), (2, 1))  # not retried per boot
-        self.assertEqual(list(self.state_dir().glob("*")), [])
+        self.assertEqual(self.files(), [])
 
     @defer.inlineCallbacks
     def test_stop_mode_snapshot_that_libvirt_refuses_destroys_the_idle_vm(self):
@@ -211,7 +216,7 @@ class SnapshotTest(FleetCase):
         self.assertTrue(result["ok"])
         self.assertEqual(self.svc(HELLO).state, State.STOPPED)  # stopped all the same, its state lost
         self.assertEqual((self.backend.save_attempts, self.backend.destroys), (1, 1))
-        self.assertEqual(list(self.state_dir().glob("*")), [])
+        self.assertEqual(self.files(), [])
 
     @defer.inlineCallbacks
     def wait_for(self, condition, timeout: float = 5.0):
@@ -252,3 +257,15 @@ def test_the_budget_counts_the_guest_memory_a_save_may_take(tmp_path):
     (tmp_path / f"x{'.save'}").write_bytes(b"\0" * (40 * 2**20))
     assert store.has_room(spec) == ("snapshot budget: needs up to 64 MiB, 40 of 100 MiB in use "
                                     "(--snapshot-budget-mib)")
+
+
+def test_a_removed_snapshot_is_gone_at_once_and_its_bytes_freed_later(tmp_path):
+    later: list[Path] = []
+    store = SnapshotStore(tmp_path, budget_mib=100, unlink_later=later.append)
+    spec = build_spec(host("hello", "127.0.0.1", "hello"), manifest("hello"), OnDemandConfig())
+    store.prepare(spec).write_bytes(b"x" * 4096)
+    store.commit(spec)
+    store.discard(spec, "test")
+    assert store.find(spec) is None and store.used_bytes() == 0  # no lookup can restore it any more
+    [moved] = later  # the unlink itself is left to a thread
+    assert moved.parent == tmp_path / ".trash" and moved.read_bytes() == b"x" * 4096
