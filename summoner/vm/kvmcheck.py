@@ -23,7 +23,7 @@ from typing import cast
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 
-from summoner.vm.backend import Backend, BackendError, DomainEvent
+from summoner.vm.backend import Backend, BackendError, DomainEvent, destroy_quietly
 from summoner.vm.domxml import NetworkSettings, domain_xml
 from summoner.vm.probe import Probe, ProbeCancelledError, ProbeTimeoutError
 from summoner.vm.spec import VMSpec
@@ -108,7 +108,7 @@ class KvmBootCheck:
                                     address="127.0.0.1", config_hash="check")
         xml = domain_xml(check, "kvm", NetworkSettings("user"), spec.machine, host_port=port)
         try:
-            await self._destroy()
+            await destroy_quietly(self.backend, self.domain_name)
             await self.backend.create(self.domain_name, xml, autodestroy=True)
         except BackendError as exc:
             return KvmVerdict(False, f"libvirt: {exc}", conclusive=False)
@@ -127,10 +127,4 @@ class KvmBootCheck:
                               conclusive=isinstance(exc, ProbeTimeoutError))
         finally:
             self._probe = None
-            await self._destroy()
-
-    async def _destroy(self) -> None:
-        try:
-            await self.backend.destroy(self.domain_name)
-        except BackendError as exc:
-            log.warn("destroy of {domain} failed: {err}", domain=self.domain_name, err=exc)
+            await destroy_quietly(self.backend, self.domain_name)

@@ -93,7 +93,7 @@ class Service:
     def hit(self) -> bool:
         """Demand seen through a cached answer; whether that answer still
         holds (the VM is ready)."""
-        self.last_demand = self.clock()
+        self.touch()
         return self.state is State.READY
 
     def saw_traffic(self) -> None:
