@@ -241,7 +241,7 @@ class Booter:
     async def _start_domain(self, svc: Service, attempt: Attempt, deadline: float, timer: PhaseTimer) -> Start:
         """Start the guest: from its snapshot, its standby domain, or a new domain."""
         spec = svc.spec
-        snapshot = self.snapshots.find(spec)
+        snapshot, golden = self.snapshots.for_cold_start(spec)
         if snapshot is not None:
             if await self._started(svc, attempt, deadline, timer,
                                    lambda: self.backend.restore(spec.domain_name, str(snapshot.path)),
@@ -249,7 +249,6 @@ class Booter:
                 self.snapshots.discard(spec)  # the guest moves on from it
                 return Start.RESTORED
             self.snapshots.discard(spec, "it could not be restored")
-        golden = self.snapshots.find(spec, golden=True) if spec.snapshot_boot else None
         if golden is not None:
             if await self._started(svc, attempt, deadline, timer,
                                    lambda: self.backend.restore(spec.domain_name, str(golden.path)),

@@ -130,8 +130,7 @@ class Fleet:
 
     def _restores(self, spec: VMSpec) -> bool:
         """Whether a cold start of ``spec`` restores a snapshot (it needs no standby)."""
-        return (self.snapshots.find(spec) is not None
-                or (spec.snapshot_boot and self.snapshots.find(spec, golden=True) is not None))
+        return any(found is not None for found in self.snapshots.for_cold_start(spec))
 
     def _state_changed(self, svc: Service, previous: State) -> None:
         if not svc.retired:

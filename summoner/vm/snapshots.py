@@ -82,6 +82,11 @@ class SnapshotStore:
             return None
         return Snapshot(path, size)
 
+    def for_cold_start(self, spec: VMSpec) -> tuple[Snapshot | None, Snapshot | None]:
+        """What a cold start of ``spec`` restores, in this order: the
+        service's own snapshot, then (images with snapshot_boot) the golden one."""
+        return self.find(spec), self.find(spec, golden=True) if spec.snapshot_boot else None
+
     def used_bytes(self) -> int:
         """Bytes on disk plus the reservations of the saves in flight."""
         return sum(size for _path, size in self._files()) + sum(self._reserved.values())
