@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from twisted.internet import defer, reactor, task  # noqa: E402
 
+from summoner.deferreds import run_alone  # noqa: E402
 from summoner.images import discover_images  # noqa: E402
 from summoner.rawqemu import RawVM  # noqa: E402
 from summoner.vm import probe as probe_module  # noqa: E402
@@ -70,25 +71,16 @@ def main() -> int:
         print(f"image {args.image} is not built: make images", file=sys.stderr)
         return 1
     results: dict[str, list[tuple[float, int]]] = {mode: [] for mode in MODES}
-    errors: list[BaseException] = []
 
     @defer.inlineCallbacks
     def run():
-        try:
-            for round_ in range(args.rounds):
-                order = list(MODES) if round_ % 2 == 0 else list(reversed(MODES))
-                for mode in order:
-                    yield task.deferLater(reactor, 0.3, lambda: None)  # the previous QEMU is gone
-                    results[mode].append((yield boot_and_probe(manifest, MODES[mode])))
-        except Exception as exc:  # re-raised below, outside the reactor
-            errors.append(exc)
-        finally:
-            reactor.stop()
+        for round_ in range(args.rounds):
+            order = list(MODES) if round_ % 2 == 0 else list(reversed(MODES))
+            for mode in order:
+                yield task.deferLater(reactor, 0.3, lambda: None)  # the previous QEMU is gone
+                results[mode].append((yield boot_and_probe(manifest, MODES[mode])))
 
-    reactor.callWhenRunning(run)
-    reactor.run()
-    if errors:
-        raise errors[0]
+    run_alone(run)
     spec = manifest.probe
     print(f"measured {time.strftime('%Y-%m-%d %H:%M %Z')}, {os.cpu_count()} cores, load average "
           + " / ".join(f"{load:.2f}" for load in os.getloadavg()))

@@ -26,12 +26,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from summoner.backoff import delay_after
+from summoner.deferreds import first_of, when_fired
 from summoner.vm import metrics
 from summoner.vm.attempt import Attempt, probe_for, run_probe
 from summoner.vm.backend import Backend, BackendError, DomainEvent, DomainExistsError, DomainState, destroy_quietly
 from summoner.vm.capacity import Capacity
 from summoner.vm.config import OnDemandConfig
-from summoner.vm.deferreds import first_of, when_fired
 from summoner.vm.domxml import NetworkSettings, domain_xml, metadata_xml
 from summoner.vm.lifecycle import Service, State
 from summoner.vm.phases import Phase, PhaseTimer

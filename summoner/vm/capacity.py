@@ -13,7 +13,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from summoner.vm.deferreds import first_of, when_fired
+from summoner.deferreds import first_of, when_fired
 from summoner.vm.lifecycle import Service, State
 
 log = Logger(namespace="summoner.vm.capacity")

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer, threads
+from twisted.internet import threads
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
 
+from summoner.deferreds import run_alone
 from summoner.vm.config import OnDemandConfig
 from summoner.vm.spec import VMSpec
 
@@ -343,17 +343,7 @@ async def diagnose(plan: Plan, reactor: IReactorTime) -> list[Finding]:
 def run(plan: Plan) -> list[Finding]:
     """``diagnose`` on a reactor of its own (the ``doctor`` command)."""
     from twisted.internet import reactor
-    outcome: list[list[Finding] | Failure] = []
-
-    def finished(result: list[Finding] | Failure) -> None:
-        outcome.append(result)
-        reactor.stop()
-    reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(diagnose(plan, reactor)).addBoth(finished))
-    reactor.run()
-    result = outcome[0]
-    if isinstance(result, Failure):
-        result.raiseException()
-    return result
+    return run_alone(lambda: diagnose(plan, reactor))
 
 
 # -- the command -----------------------------------------------------------------

@@ -13,8 +13,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from summoner.deferreds import when_fired
 from summoner.vm.backend import Backend, BackendError, destroy_quietly
-from summoner.vm.deferreds import when_fired
 from summoner.vm.domxml import NetworkSettings, domain_xml
 from summoner.vm.lifecycle import Service, State
 from summoner.vm.spec import VMSpec, missing_artifacts

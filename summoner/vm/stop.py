@@ -19,8 +19,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from summoner.deferreds import first_of
 from summoner.vm.backend import Backend, BackendError, DomainState
-from summoner.vm.deferreds import first_of
 from summoner.vm.lifecycle import Service, State
 from summoner.vm.snapshots import NoSnapshotError, SnapshotStore, save_guest
 

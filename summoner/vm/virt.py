@@ -17,8 +17,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from summoner.deferreds import when_fired
 from summoner.vm.backend import Backend, BackendError, DomainEvent
-from summoner.vm.deferreds import when_fired
 from summoner.vm.kvmcheck import KvmBootCheck
 from summoner.vm.spec import VMSpec
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.internet import defer, task
 
-from summoner.vm.deferreds import first_of, when_fired
+from summoner.deferreds import first_of, when_fired
 
 
 def fired(d: defer.Deferred) -> list:
@@ -54,3 +54,34 @@ def test_when_fired_fires_on_success_and_failure_and_passes_the_result_on():
     assert fired(ok) == [7]
     failures = fired(bad)
     assert failures[0].check(ValueError)
+
+
+def test_run_alone_returns_the_job_s_result():
+    """In a process of its own: the reactor it starts cannot run again."""
+    import subprocess
+    import sys
+    program = (
+        "from twisted.internet import task, reactor\n"
+        "from summoner.deferreds import run_alone\n"
+        "async def job():\n"
+        "    await task.deferLater(reactor, 0.01, lambda: None)\n"
+        "    return 42\n"
+        "print(run_alone(job))\n")
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "42"
+
+
+def test_run_alone_raises_what_the_job_raised():
+    import subprocess
+    import sys
+    program = (
+        "from summoner.deferreds import run_alone\n"
+        "async def job():\n"
+        "    raise ValueError('broken host')\n"
+        "try:\n"
+        "    run_alone(job)\n"
+        "except ValueError as exc:\n"
+        "    print('raised', exc)\n")
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "raised broken host", out.stdout + out.stderr

@@ -1,14 +1,17 @@
-"""Small Deferred combinators the VM part shares.
+"""Small Deferred combinators summoner shares, and a way to run one job on
+a reactor of its own (commands and scripts that are not the server).
 
-Tests: tests/vm/test_deferreds.py
+Tests: tests/test_deferreds.py
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 T = TypeVar("T")
 
@@ -40,3 +43,22 @@ def first_of(reactor: IReactorTime, d: defer.Deferred[T], timeout: float) -> def
         return result
     d.addBoth(fired)
     return out
+
+
+def run_alone(job: Callable[[], defer.Deferred[T] | Coroutine[defer.Deferred[object], object, T]]) -> T:
+    """Start the global reactor, run ``job`` on it, stop the reactor, and
+    return what the job gave (or raise what it raised).  For one-shot
+    commands (``summoner doctor``) and benchmark scripts; the reactor cannot
+    be started again in the same process."""
+    from twisted.internet import reactor
+    outcome: list[T | Failure] = []
+
+    def finished(result: T | Failure) -> None:
+        outcome.append(result)
+        reactor.stop()
+    reactor.callWhenRunning(lambda: defer.ensureDeferred(job()).addBoth(finished))
+    reactor.run()
+    result = outcome[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
