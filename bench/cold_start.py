@@ -54,6 +54,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -210,12 +211,8 @@ def golden_run(manifest, args, work: Path, checked: Checked) -> tuple[list[float
     text = text.replace("[boot]\n", "[boot]\nsnapshot_boot = true\n", 1)
     (image_dir / "image.toml").write_text(text)
     dns_port, admin_port = free_port(), free_port()
-    log = open(work / "golden.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "summoner", "serve", "--listen", f"127.0.0.1:{dns_port}", "--zones",
-         str(work / "zones"), "--no-metrics", "--admin", f"127.0.0.1:{admin_port}", "--virt-type", args.virt_type,
-         "--images", str(work / "golden-images"), "--state-dir", str(work / "golden-state")],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    server, log = start_summoner(work / "golden.log", dns_port, admin_port, args.virt_type, "--no-metrics",
+                                 "--images", str(work / "golden-images"), "--state-dir", str(work / "golden-state"))
     name = "svc.bench.test"
     try:
         wait_admin(admin_port)
@@ -229,11 +226,28 @@ def golden_run(manifest, args, work: Path, checked: Checked) -> tuple[list[float
             checked.query("golden", name, dns_port)
         admin(admin_port, f"/services/{name}/stop?mode=destroy", "POST")
     finally:
-        server.terminate()
-        server.wait(timeout=20)
-        log.close()
-        subprocess.run(["virsh", "-c", "qemu:///system", "destroy", f"summoner-{name}"], capture_output=True)
+        stop_summoner(server, log, name)
     return checked.ok.get("golden first", []), checked.ok.get("golden", [])
+
+
+def start_summoner(log_path: Path, dns_port: int, admin_port: int, virt_type: str,
+                   *extra: str) -> tuple[subprocess.Popen, BinaryIO]:
+    """``summoner serve`` on the bench.test zone (beside ``log_path``) with
+    the bench's ports, its log going to ``log_path``."""
+    log = open(log_path, "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "summoner", "serve", "--listen", f"127.0.0.1:{dns_port}", "--zones",
+         str(log_path.parent / "zones"), "--admin", f"127.0.0.1:{admin_port}", "--virt-type", virt_type, *extra],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    return server, log
+
+
+def stop_summoner(server: subprocess.Popen, log: BinaryIO, name: str) -> None:
+    """Stop it, and the service's VM it leaves running for adoption."""
+    server.terminate()
+    server.wait(timeout=20)
+    log.close()
+    subprocess.run(["virsh", "-c", "qemu:///system", "destroy", f"summoner-{name}"], capture_output=True)
 
 
 def wait_admin(port: int, seconds: float = 20) -> None:
@@ -278,14 +292,11 @@ def main() -> int:
         f"ns1 IN A 127.0.0.1\nsvc IN A {ADDRESS}\n_summoner.svc IN TXT \"image={args.image}\"\n")
     dns_port, metrics_port, admin_port = free_port(), free_port(), free_port()
     log_path = work / "summoner.log"
-    log = open(log_path, "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "summoner", "serve", "--listen", f"127.0.0.1:{dns_port}", "--zones",
-         str(work / "zones"), "--metrics", f"127.0.0.1:{metrics_port}", "--admin", f"127.0.0.1:{admin_port}",
-         "--virt-type", args.virt_type, "--images", str(ROOT / "images"), "--log-level", "info",
-         "--state-dir", str(work / "state"), "--no-snapshot-boot",  # (b) is a boot; (h) measures golden ones
-         *(["--standby"] if args.standby else [])],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    server, log = start_summoner(
+        log_path, dns_port, admin_port, args.virt_type, "--metrics", f"127.0.0.1:{metrics_port}",
+        "--images", str(ROOT / "images"), "--log-level", "info",
+        "--state-dir", str(work / "state"), "--no-snapshot-boot",  # (b) is a boot; (h) measures golden ones
+        *(["--standby"] if args.standby else []))
     name = "svc.bench.test"
     checked = Checked()
     boots: list[dict[str, float]] = []  # phases of each successful cold boot, beside its (b)
@@ -338,10 +349,7 @@ def main() -> int:
             checked.query("restore", name, dns_port)
         admin(admin_port, f"/services/{name}/stop?mode=destroy", "POST")
     finally:
-        server.terminate()
-        server.wait(timeout=20)
-        log.close()
-        subprocess.run(["virsh", "-c", "qemu:///system", "destroy", f"summoner-{name}"], capture_output=True)
+        stop_summoner(server, log, name)
     golden_first, golden = golden_run(manifest, args, work, checked)
 
     cold, warm, resume, restore = (checked.ok.get(kind, []) for kind in ("cold", "warm", "resume", "restore"))

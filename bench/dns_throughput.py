@@ -108,7 +108,8 @@ def wait_answering(port: int) -> None:
 def start_summoner(work: Path, root: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     args = [sys.executable, "-m", "summoner", "serve", "--zones", str(work / "zones"), "--listen",
-            f"127.0.0.1:{port}", "--metrics", f"127.0.0.1:{free_port()}", "--no-on-demand", "--log-level", "warn"]
+            f"127.0.0.1:{port}", "--metrics", f"127.0.0.1:{free_port()}", "--no-on-demand", "--admin", "off",
+            "--log-level", "warn"]
     # -m summoner from ``root``: another checkout (--summoner-root) runs its own code
     proc = subprocess.Popen(args, stdout=open(work / "summoner.log", "w"), stderr=subprocess.STDOUT, cwd=root)
     wait_answering(port)

@@ -56,8 +56,8 @@ def main() -> int:
         with open(work / "summoner.log", "w") as log:
             server = subprocess.Popen(
                 [sys.executable, "-m", "summoner", "serve", "--zones", str(work / "zones"), "--listen",
-                 f"127.0.0.1:{port}", "--metrics", f"127.0.0.1:{free_port()}", "--no-on-demand", "--log-level",
-                 "warn"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+                 f"127.0.0.1:{port}", "--metrics", f"127.0.0.1:{free_port()}", "--no-on-demand", "--admin", "off",
+                 "--log-level", "warn"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
             wait_answering(port)
             print(f"start: {rss_mib(server.pid):.1f} MiB RSS")
