@@ -121,7 +121,7 @@ class Fleet:
         del self.services[svc.name]
         self.by_domain.pop(svc.spec.domain_name, None)
         had_standby, up = svc.standby, svc.state not in (State.STOPPED, State.FAILED)
-        if svc.retire(f"service {reason}"):
+        if svc.retire():
             if up and not had_standby:
                 metrics.REAPS.labels(reason).inc()
             log.info("{service}: {reason} in the zone; destroying its VM", service=svc.name, reason=reason)

@@ -47,7 +47,6 @@ class State(enum.Enum):
 
 # States in which a VM exists and holds host memory.
 _HOLDING = (State.READY, State.SUSPENDED, State.STOPPING)
-_UP = (State.READY, State.SUSPENDED, State.STOPPING)
 
 # Called after every state change with (service, previous state).
 StateObserver = Callable[["Service", State], None]
@@ -106,7 +105,7 @@ class Service:
         return self.state in _HOLDING or (self.state is State.BOOTING and self.reserved)
 
     def is_up(self) -> bool:
-        return self.state in _UP and self.started_at is not None
+        return self.state in _HOLDING and self.started_at is not None
 
     def in_backoff(self, now: float) -> bool:
         return self.state in (State.STOPPED, State.FAILED) and now < self.retry_at
@@ -248,15 +247,20 @@ class Service:
         if final is State.READY:
             self._release(True)  # still running: whoever queried meanwhile has it
 
-    def retire(self, reason: str) -> bool:
-        """Removed from the zone or replaced: the work in flight is cancelled
-        and the waiters get SERVFAIL.  True if a VM of it may exist."""
-        self.retired = True
-        had_vm = self.standby or self.state not in (State.STOPPED, State.FAILED)
+    def _cancel_work(self) -> None:
+        """The boot, resume or adoption in flight stops at what it awaits;
+        whoever waited on it gets SERVFAIL."""
         task, self.task = self.task, None
         if task is not None:
             task.cancel()
         self._release(False)
+
+    def retire(self) -> bool:
+        """Removed from the zone or replaced: the work in flight is cancelled
+        and the waiters get SERVFAIL.  True if a VM of it may exist."""
+        self.retired = True
+        had_vm = self.standby or self.state not in (State.STOPPED, State.FAILED)
+        self._cancel_work()
         self.standby = False
         self.reserved = False
         self._enter(State.STOPPED)
@@ -265,8 +269,5 @@ class Service:
     def shut_out(self, why: str) -> None:
         """summoner stops: the work in flight is cancelled, the waiters get
         SERVFAIL; VMs keep running for the next start to adopt."""
-        task, self.task = self.task, None
-        if task is not None:
-            task.cancel()
-        self._release(False)
+        self._cancel_work()
         self.last_error = self.last_error or why

@@ -136,7 +136,7 @@ def test_retire_cancels_the_work_in_flight_and_answers_the_waiters():
     svc.begin_boot()
     svc.reserve()
     assert svc.holds_resources()
-    assert svc.retire("service removed") is True  # a VM may exist: the caller destroys it
+    assert svc.retire() is True  # a VM may exist: the caller destroys it
     assert cancelled == [True] and results([waiter]) == [False]
     assert svc.retired and svc.state is State.STOPPED and not svc.holds_resources() and svc.task is None
 
