@@ -13,6 +13,8 @@ PACKAGES=(
   bind9-utils bind9-dnsutils knot-dnsutils dnsperf nsd prometheus
   # virt-xml-validate needs xmllint; the Arrowhead TLS tests write legacy keystores with openssl
   libxml2-utils openssl
+  # setfacl: start-libvirt.sh lets QEMU's user reach images in a checkout under a private directory
+  acl
   # systemd-analyze verifies deploy/summoner.service (systemd need not be running)
   systemd
   python3-venv curl

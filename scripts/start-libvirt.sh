@@ -27,6 +27,28 @@ if [ -c /dev/kvm ] && getent group kvm >/dev/null 2>&1 && id "$QEMU_USER" >/dev/
     fi
 fi
 
+# The images: QEMU opens kernels, initrds and disks as $QEMU_USER, so every
+# directory above them must be searchable by it.  A checkout under a private
+# directory (mktemp -d makes 0700 ones, so do home directories) is not, and
+# every boot then fails with "could not open kernel file: Permission
+# denied".  Grant that user search permission (x, nothing else) on each such
+# directory with an ACL, as virt-manager offers to; the ACL tools come from
+# scripts/install.sh (package acl).
+PROJECT=$(cd "$(dirname "$0")/.." && pwd)
+if id "$QEMU_USER" >/dev/null 2>&1 && command -v setfacl >/dev/null 2>&1; then
+    # From / down, so that only a directory that is itself closed gets the ACL.
+    old_ifs=$IFS; IFS=/; set -- $PROJECT; IFS=$old_ifs
+    dir=""
+    for part in "$@"; do
+        [ -n "$part" ] || continue
+        dir="$dir/$part"
+        if ! runuser -u "$QEMU_USER" -- test -x "$dir"; then
+            setfacl -m "u:$QEMU_USER:x" "$dir"
+            echo "start-libvirt: $QEMU_USER could not search $dir (QEMU opens the images below it); granted it x by ACL"
+        fi
+    done
+fi
+
 if ! pgrep -x virtlogd >/dev/null 2>&1; then
     virtlogd -d
 fi

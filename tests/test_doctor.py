@@ -64,6 +64,29 @@ def test_an_image_whose_kernel_file_is_missing_fails_with_the_build_command(tmp_
     assert broken["fix"] == f"summoner image build broken --images {images}"
 
 
+def test_an_image_qemu_cannot_reach_fails_with_the_fix(tmp_path):
+    """A checkout under a private directory: the files are there, but QEMU
+    (libvirt-qemu) cannot search a directory above them."""
+    import shutil
+    private = tmp_path / "private"
+    (private / "images" / "hidden" / "build").mkdir(parents=True)
+    private.chmod(0o700)
+    image = private / "images" / "hidden"
+    shutil.copy(ROOT / "images" / "kernel" / "build" / "vmlinux", image / "build" / "vmlinux")
+    shutil.copy(ROOT / "images" / "hello" / "build" / "initrd.cpio.gz", image / "build" / "initrd.cpio.gz")
+    manifest = (ROOT / "images" / "hello" / "image.toml").read_text().replace('name = "hello"', 'name = "hidden"')
+    manifest = manifest.replace('kernel = "../kernel/build/vmlinux"', 'kernel = "build/vmlinux"')
+    (image / "image.toml").write_text(manifest)
+    code, findings = doctor("--zones", str(zone_dir(tmp_path, '"image=hidden"')), "--images",
+                            str(private / "images"), "--virt-type", "qemu")
+    assert code == 1
+    [hidden] = [f for f in only(findings, "images") if f["level"] == "fail"]
+    assert hidden["detail"] == (f"image hidden: QEMU's user libvirt-qemu cannot read {image / 'build' / 'vmlinux'}, "
+                                f"{image / 'build' / 'initrd.cpio.gz'} (a directory above it is not searchable); "
+                                "every boot of it fails")
+    assert hidden["fix"] == "scripts/start-libvirt.sh grants it (setfacl -m u:libvirt-qemu:x on those directories)"
+
+
 def test_a_port_below_the_unprivileged_limit_fails_with_its_sysctl(tmp_path):
     limit = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
     assert limit > 80, "this test needs Debian's default net.ipv4.ip_unprivileged_port_start (1024)"

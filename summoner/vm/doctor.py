@@ -149,7 +149,14 @@ def check_port_limits(specs: Iterable[VMSpec], user: str, network: str,
                    f"sysctl -w net.ipv4.ip_unprivileged_port_start={low[0][0]}", figure=limit)
 
 
-def check_images(images_dirs: Iterable[Path], used: set[str]) -> list[Finding]:
+def readable_by(path: Path, user: str) -> bool:
+    """Whether ``user`` can read ``path``, every directory above it included
+    (asked of the kernel, so ACLs count)."""
+    return subprocess.run(["runuser", "-u", user, "--", "test", "-r", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def check_images(images_dirs: Iterable[Path], used: set[str], user: str) -> list[Finding]:
     from summoner.images import ManifestError, discover_images
     findings: list[Finding] = []
     built: list[str] = []
@@ -162,6 +169,14 @@ def check_images(images_dirs: Iterable[Path], used: set[str]) -> list[Finding]:
             seen.add(name)
             missing = manifest.missing_artifacts()
             if not missing:
+                unreadable = [str(p) for p in manifest.artifacts() if not readable_by(p, user)]
+                if unreadable:
+                    findings.append(Finding(
+                        "images", Level.FAIL if name in used else Level.WARN,
+                        f"image {name}: QEMU's user {user} cannot read " + ", ".join(unreadable)
+                        + " (a directory above it is not searchable); every boot of it fails",
+                        f"scripts/start-libvirt.sh grants it (setfacl -m u:{user}:x on those directories)"))
+                    continue
                 built.append(name)
                 continue
             level = Level.FAIL if name in used else Level.WARN
@@ -323,7 +338,7 @@ def host_checks(plan: Plan) -> list[Finding]:
     """The quick checks, which need no libvirt (blocking: run in a thread).
     ``serve`` runs these at start with the specs of its zones."""
     user = qemu_user()
-    findings = check_images(plan.config.images, {s.image for s in plan.specs})
+    findings = check_images(plan.config.images, {s.image for s in plan.specs}, user)
     findings.append(check_kvm_device(user))
     findings.append(check_port_limits(plan.specs, user, plan.config.network))
     return findings + virt_host_validate()
