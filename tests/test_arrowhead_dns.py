@@ -12,6 +12,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from tests.arrowhead_double import SUMMONER
 from tests.arrowhead_double.fixtures import wait_for
 
 DEADLINE = 0.5
@@ -98,6 +99,8 @@ def test_unknown_service_is_nxdomain_with_soa_and_negatively_cached(served):
 
 def test_without_zone_names_in_zone_names_stay_the_zone_s(start_server, arrowhead_double):
     server = start_server(*_zones(), *arrowhead_args(arrowhead_double, "--no-arrowhead-zone-names"))
+    wait_for(lambda: any(s["systemName"] == "summoner" for s in arrowhead_double.control("state")["systems"]),
+             what="summoner's system registration")
     arrowhead_double.register_provider("humidity", "10.1.2.4", 8081)
     in_zone = server.query("humidity.example.org", "A")
     assert in_zone.rcode() == dns.rcode.NXDOMAIN and not in_zone.answer
@@ -136,13 +139,17 @@ def test_orchestrator_down_servfail_then_open_circuit_then_recovery(served):
     assert time.monotonic() - started < 0.1  # circuit open: no waiting at all
     assert server.metric("summoner_arrowhead_lookups_total", result="circuit_open") >= 1
     double.start()  # same ports; the registry comes back empty, like a restarted SR with a fresh DB
-    double.register_provider("temperature", "10.1.2.3", 8080)
-    double.control("knobs", {})
+    double.register_provider("temperature", "10.1.2.3", 8080, authorize=None)
     time.sleep(COOLDOWN + 0.1)
     # The probe reaches the Orchestrator again.  The restarted double has
-    # forgotten summoner's system; summoner notices and registers it again.
-    response = wait_for(lambda: (r := server.query("temperature.ah.test", "A")).rcode() == dns.rcode.NOERROR and r,
-                        timeout=8, what="recovery")
+    # forgotten summoner's system: Authorization answers that the consumer does
+    # not exist (SERVFAIL, not cached); summoner notices and registers it again.
+    assert server.query("temperature.ah.test", "A").rcode() == dns.rcode.SERVFAIL
+    wait_for(lambda: any(s["systemName"] == "summoner" for s in double.control("state")["systems"]),
+             what="summoner's system registered again")
+    # Its rules went with the database: the operator adds them again.
+    double.authorize(SUMMONER, ("provider", "10.1.2.3", 8080), "temperature")
+    response = server.query("temperature.ah.test", "A")
     assert [rr.address for rr in rrs(response, "A")] == ["10.1.2.3"]
 
 

@@ -12,6 +12,7 @@ from twisted.trial import unittest
 
 from summoner.answer import Query
 from summoner.arrowhead import PublishedService, add_cli_arguments, build, config_from_args
+from tests.arrowhead_double import SUMMONER
 
 HELLO = PublishedService("hello.example.org", "hello", 8080, "hello", "/greet", {"idle": "300"})
 TASKS = PublishedService("tasks.example.org.", "tasks", 8081, "tasks")
@@ -107,7 +108,8 @@ class PublisherTest(unittest.TestCase):
     @defer.inlineCallbacks
     def test_existing_entry_counts_as_registered(self):
         # Left over from a run that crashed before unregistering.
-        self.double.register_provider("hello", "hello.example.org", 8080, system="summoner", uri="/greet")
+        self.double.register_provider("hello", "hello.example.org", 8080, system="summoner", uri="/greet",
+                                      authorize=None)
         arrowhead = make(self.double)
         self.addCleanup(arrowhead.stop)
         arrowhead.update_services([HELLO])
@@ -118,11 +120,12 @@ class PublisherTest(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_cache_hit_is_answered_synchronously_with_the_remaining_ttl(self):
-        self.double.register_provider("temperature", "10.1.2.3", 8080)
+        self.double.register_provider("temperature", "10.1.2.3", 8080, authorize=None)
         arrowhead = make(self.double, "--arrowhead-ttl", "20")
         self.addCleanup(arrowhead.stop)
         yield arrowhead.start()
         yield eventually(lambda: arrowhead.publisher.system_state == "registered")
+        self.double.authorize(SUMMONER, ("provider", "10.1.2.3", 8080), "temperature")
         first = yield arrowhead.stage.resolve(Query.of("temperature.ah.test", "A"))
         assert 19 <= first.answer[0].ttl <= 20
         assert first.cacheable and first.cache_seconds is not None and first.cache_seconds <= 1.0
@@ -135,12 +138,12 @@ class PublisherTest(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_mapping_turns_names_into_service_requirements(self):
-        self.double.register_provider("thermo", "10.9.9.9", 80, metadata={"unit": "kelvin"})
-        self.double.register_provider("thermo", "10.1.1.1", 80, system="other", metadata={"unit": "celsius"})
         arrowhead = make(self.double, "--arrowhead-map", "celsius.ah.test", "service=thermo", "meta.unit=celsius")
         self.addCleanup(arrowhead.stop)
         yield arrowhead.start()
         yield eventually(lambda: arrowhead.publisher.system_state == "registered")
+        self.double.register_provider("thermo", "10.9.9.9", 80, metadata={"unit": "kelvin"})
+        self.double.register_provider("thermo", "10.1.1.1", 80, system="other", metadata={"unit": "celsius"})
         answer = yield arrowhead.stage.resolve(Query.of("celsius.ah.test", "A"))
         assert [str(rr.rdata) for rr in answer.answer] == ["10.1.1.1"]
         # Outside every served zone and Arrowhead domain: not this stage's name.

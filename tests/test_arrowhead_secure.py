@@ -18,7 +18,7 @@ from twisted.trial import unittest
 
 from summoner.answer import Query
 from summoner.arrowhead import ArrowheadConfigError, add_cli_arguments, build, config_from_args
-from tests.arrowhead_double import DoubleProcess
+from tests.arrowhead_double import SUMMONER, DoubleProcess
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -62,7 +62,8 @@ class SecureModeTest(unittest.TestCase):
     @pytest.fixture(autouse=True)
     def _double(self, arrowhead_double, arrowhead_pki, foreign_pki):
         self.double, self.pki, self.foreign = arrowhead_double, arrowhead_pki, foreign_pki
-        self.double.register_provider("temperature", "10.1.2.3", 8080)
+        # Before summoner's system exists: its rule is added once it registered.
+        self.double.register_provider("temperature", "10.1.2.3", 8080, authorize=None)
 
     def setUp(self) -> None:
         self.lines: list[str] = []
@@ -71,11 +72,15 @@ class SecureModeTest(unittest.TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, observer)
 
     @defer.inlineCallbacks
-    def resolve_with(self, *argv: str):
+    def resolve_with(self, *argv: str, double: DoubleProcess | None = None):
+        """Start the Arrowhead part; once its system registered in ``double``
+        (default: this test's), authorize it for temperature; then resolve."""
         arrowhead = build(config_from_args(parse(*argv)), reactor)
         self.addCleanup(arrowhead.stop)
         yield arrowhead.start()
         yield eventually(lambda: arrowhead.publisher.system_state != "pending")
+        if arrowhead.publisher.system_state == "registered":
+            (double or self.double).authorize(SUMMONER, ("provider", "10.1.2.3", 8080), "temperature")
         answer = yield defer.maybeDeferred(arrowhead.stage.resolve, Query.of("temperature.ah.test", "A"))
         return arrowhead, answer
 
@@ -124,7 +129,7 @@ class SecureModeTest(unittest.TestCase):
         misnamed_pki = pki.generate(directory, ["orchestrator", "summoner"], names=names)
         double = DoubleProcess(misnamed_pki).start()
         self.addCleanup(double.stop)
-        double.register_provider("temperature", "10.1.2.3", 8080)
+        double.register_provider("temperature", "10.1.2.3", 8080, authorize=None)
         return double, misnamed_pki
 
     @staticmethod
@@ -168,7 +173,8 @@ class SecureModeTest(unittest.TestCase):
             double, pki = self.misnamed_double(names)
             answers = lookups("answer")
             del self.lines[:]
-            _, answer = yield self.resolve_with(*self.own_cloud_args(double, pki), "--arrowhead-no-hostname-check")
+            _, answer = yield self.resolve_with(*self.own_cloud_args(double, pki), "--arrowhead-no-hostname-check",
+                                                double=double)
             assert answer.rcode == RCODE.NOERROR, "\n".join(self.lines)
             assert [str(rr.rdata) for rr in answer.answer if rr.rtype == QTYPE.A] == ["10.1.2.3"]
             assert lookups("answer") == answers + 1

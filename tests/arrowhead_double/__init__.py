@@ -18,6 +18,9 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[2]
 
+Consumer = tuple[str, str, int]  # a system as Arrowhead identifies it: name, address, port
+SUMMONER: Consumer = ("summoner", "127.0.0.1", 53)  # summoner's own system with its default flags
+
 
 class DoubleProcess:
     """``python -m tests.arrowhead_double`` as a child process.
@@ -79,8 +82,49 @@ class DoubleProcess:
 
     def register_provider(self, service: str, address: str, port: int, *, system: str = "provider",
                           uri: str = "/", interfaces: tuple[str, ...] = ("HTTP-INSECURE-JSON",),
-                          metadata: dict[str, str] | None = None) -> requests.Response:
-        return requests.post(f"{self.http}/serviceregistry/register", timeout=5, json={
+                          metadata: dict[str, str] | None = None, secure: str | None = None,
+                          authentication_info: str | None = None,
+                          authorize: Consumer | None = SUMMONER) -> requests.Response:
+        """Register a provider through ``/serviceregistry/register``; then, as
+        an operator would, add the intra-cloud rule that lets ``authorize``
+        (a registered system: name, address, port) consume it -- None: no rule."""
+        response = requests.post(f"{self.http}/serviceregistry/register", timeout=5, json={
             "serviceDefinition": service, "serviceUri": uri, "interfaces": list(interfaces),
-            "providerSystem": {"systemName": system, "address": address, "port": port},
-            "metadata": metadata})
+            "providerSystem": {"systemName": system, "address": address, "port": port,
+                               "authenticationInfo": authentication_info},
+            "metadata": metadata, "secure": secure})
+        if response.status_code == 201 and authorize is not None:
+            provider = response.json()["provider"]
+            self.authorize(authorize, (provider["systemName"], provider["address"], provider["port"]), service,
+                           interfaces)
+        return response
+
+    # -- the management API, over the insecure listener
+
+    def mgmt(self, path: str) -> list[dict[str, Any]]:
+        """Every row of a paged management list (``{"data", "count"}``)."""
+        response = requests.get(f"{self.http}{path}", timeout=5)
+        response.raise_for_status()
+        body = response.json()
+        assert body["count"] == len(body["data"]), body
+        return body["data"]
+
+    def system_id(self, system: Consumer) -> int:
+        name, address, port = system
+        for row in self.mgmt("/serviceregistry/mgmt/systems"):
+            if (row["systemName"], row["address"], row["port"]) == (name.lower(), address.lower(), port):
+                return int(row["id"])
+        raise AssertionError(f"system {name} ({address}:{port}) is not registered in the double: register it "
+                             "(summoner does at start: wait for its registration) before authorizing it")
+
+    def authorize(self, consumer: Consumer, provider: Consumer, service: str,
+                  interfaces: tuple[str, ...] = ("HTTP-INSECURE-JSON",)) -> dict[str, Any]:
+        """POST /authorization/mgmt/intracloud for consumer → provider, service, interfaces."""
+        definitions = {d["serviceDefinition"]: d["id"] for d in self.mgmt("/serviceregistry/mgmt/services")}
+        known = {i["interfaceName"]: i["id"] for i in self.mgmt("/serviceregistry/mgmt/interfaces")}
+        response = requests.post(f"{self.http}/authorization/mgmt/intracloud", timeout=5, json={
+            "consumerId": self.system_id(consumer), "providerIds": [self.system_id(provider)],
+            "serviceDefinitionIds": [definitions[service.lower()]],
+            "interfaceIds": [known[i.upper()] for i in interfaces]})
+        assert response.status_code == 201, response.text
+        return response.json()

@@ -17,7 +17,8 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.web import server
 
 from tests.arrowhead_double import pki
-from tests.arrowhead_double.server import Double, Listener
+from tests.arrowhead_double.listener import Listener
+from tests.arrowhead_double.server import Double
 
 SYSTEMS = ["orchestrator", "serviceregistry", "summoner", "provider", "sysop"]
 

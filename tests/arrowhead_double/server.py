@@ -1,147 +1,72 @@
-"""A faithful stand-in for the Arrowhead 4.x Service Registry and Orchestrator.
+"""A faithful stand-in for the Arrowhead 4.x Service Registry, Authorization
+and Orchestrator.
 
 It follows core-java-spring 4.6.2 field by field where summoner can observe
 it: the DTO shapes (``ServiceRegistryResponseDTO``, ``SystemResponseDTO``,
 ``OrchestrationResponseDTO`` with ``authorizationTokens: null`` and
 ``metadata: {}``), ISO-8601 timestamps, 201 on register, 400 with an
-``ErrorMessageDTO`` for payload errors and duplicates, the requester-must-exist
-check (done upstream by Authorization, only when providers were found),
-store-mode interface rules, the ``metadataSearch`` and ``pingProviders`` flag
-semantics, random matchmaking, and in secure mode (the HTTPS listener, mutual
-TLS) the certificate-CN rules of the access-control filters.
+``ErrorMessageDTO`` for payload errors and duplicates, the Service Registry's
+address rules (``addresses.py``), store-mode interface rules, the
+``metadataSearch`` and ``pingProviders`` flag semantics, Authorization's
+intra-cloud rules, which every provider is filtered through (the requester
+must exist, then a rule must name it, the provider and the service definition;
+``authorization.py``), token generation for TOKEN providers (a 500 in an
+insecure cloud), random matchmaking, and in secure mode (the HTTPS listener,
+mutual TLS) the certificate-CN rules of the access-control filters, management
+paths (``/mgmt/``) for the local system operator (``sysop.<cloud>``) only.
 
 Both listeners share one state, like a cloud whose core systems run with and
 without SSL at once -- which upstream cannot do, but which lets a test register
-providers over HTTP while summoner talks HTTPS.
+providers over HTTP while summoner talks HTTPS.  The HTTP listener is the
+insecure cloud (tokens cannot be made there), the HTTPS one the secure cloud.
+
+Management lookups: ``GET /serviceregistry/mgmt/systems``, ``/mgmt/services``
+(service definitions) and ``/mgmt/interfaces``, paged as upstream.
 
 Test control (not part of Arrowhead), under ``/control``:
-``GET /control/state`` (systems, entries, counters), ``POST /control/knobs``
+``GET /control/state`` (systems, entries, rules, counters), ``POST /control/knobs``
 (``{"delay": {"orchestration": s}, "fail": {"orchestration": ErrorMessageDTO},
-"malformed": {"orchestration": true}, "deny": ["service", ...]}`` -- keys are
-``orchestration``, ``register``, ``unregister``, ``register-system``,
-``query``), ``POST /control/reset`` (knobs and counters; ``{"registry": true}``
-also empties the registry).
+"malformed": {"orchestration": true}}`` -- keys are ``orchestration``,
+``register``, ``unregister``, ``register-system``, ``query``, ``rules``; and
+``enforce_authorization`` (default true, as upstream, which always asks
+Authorization), ``allow_self_addressing`` and ``allow_non_routable_addressing``
+(default true, as the shipped application.properties set them; the code's
+defaults are false), ``ping_timeout``), ``POST /control/reset`` (knobs and
+counters; ``{"registry": true}`` also empties the registry and the rules).
 """
 
 from __future__ import annotations
 
 import datetime
-import itertools
-import json
 import random
-import re
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from cryptography.x509.oid import NameOID
 from twisted.internet import defer, endpoints, protocol
 from twisted.logger import Logger
-from twisted.web import resource, server
+
+from tests.arrowhead_double import addresses
+from tests.arrowhead_double.authorization import Authorization, rule_response
+from tests.arrowhead_double.core import (
+    INTERFACE_RE,
+    SECURITY_TYPES,
+    CoreError,
+    SpringError,
+    State,
+    check_address,
+    check_name,
+    check_system,
+    entry_response,
+    now,
+    page,
+    system_response,
+)
 
 log = Logger(namespace="arrowhead-double")
 
-NAME_RE = re.compile(r"^[A-Za-z](?:[0-9A-Za-z-]*[0-9A-Za-z])?$")
-INTERFACE_RE = re.compile(r"^([A-Z_0-9]+)-(SECURE|INSECURE)-([A-Z_0-9]+)$")
-SECURITY_TYPES = ("NOT_SECURE", "CERTIFICATE", "TOKEN")
 FLAG_NAMES = ("matchmaking", "metadataSearch", "onlyPreferred", "pingProviders", "overrideStore",
               "triggerInterCloud", "externalServiceRequest", "enableInterCloud", "enableQoS",
               "onlyIPAddressResponse", "onlyIPv4AddressResponse", "onlyIPv6AddressResponse")
-# Status from the exception type when errorCode is not an HTTP code
-# (Utilities.calculateHttpStatusFromCoreError).
-TYPE_STATUS = {"AUTH": 401, "BAD_PAYLOAD": 400, "INVALID_PARAMETER": 400, "DATA_NOT_FOUND": 404,
-               "UNAVAILABLE": 504, "TIMEOUT": 504}
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class CoreError(Exception):
-    def __init__(self, message: str, exception_type: str = "BAD_PAYLOAD", code: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.exception_type = exception_type
-        self.code = code
-
-    def dto(self, origin: str) -> tuple[int, dict[str, Any]]:
-        status = self.code if self.code and 100 <= self.code < 600 else TYPE_STATUS.get(self.exception_type, 500)
-        return status, {"errorMessage": self.message, "errorCode": status,
-                        "exceptionType": self.exception_type, "origin": origin}
-
-
-class SpringError(Exception):
-    """Framework-level 400 (unreadable JSON, missing request parameter): no DTO."""
-
-
-class State:
-    def __init__(self, clock: Any) -> None:
-        self.clock = clock
-        self.ids = itertools.count(1)
-        self.systems: dict[tuple[str, str, int], dict[str, Any]] = {}
-        self.definitions: dict[str, dict[str, Any]] = {}
-        self.interfaces: dict[str, dict[str, Any]] = {}
-        self.entries: list[dict[str, Any]] = []
-        self.counters: Counter[str] = Counter()
-        self.knobs: dict[str, Any] = {}
-        self.reset()
-
-    def reset(self, registry: bool = False) -> None:
-        self.counters.clear()
-        self.knobs = {"delay": {}, "fail": {}, "malformed": {}, "deny": [], "ping_timeout": 5.0}
-        if registry:
-            self.systems.clear()
-            self.entries.clear()
-
-    # -- records
-
-    def _named(self, table: dict[str, dict[str, Any]], key: str, field: str) -> dict[str, Any]:
-        if key not in table:
-            stamp = now()
-            table[key] = {"id": next(self.ids), field: key, "createdAt": stamp, "updatedAt": stamp}
-        return table[key]
-
-    def system(self, dto: dict[str, Any], create: bool = True) -> dict[str, Any] | None:
-        key = (dto["systemName"].lower(), dto["address"].lower(), int(dto["port"]))
-        if key not in self.systems and create:
-            stamp = now()
-            self.systems[key] = {"id": next(self.ids), "systemName": key[0], "address": key[1], "port": key[2],
-                                 "authenticationInfo": dto.get("authenticationInfo"),
-                                 "metadata": dto.get("metadata") or None, "createdAt": stamp, "updatedAt": stamp}
-        return self.systems.get(key)
-
-
-def system_response(system: dict[str, Any]) -> dict[str, Any]:
-    # SystemResponseDTO is NON_NULL: absent fields are left out.
-    return {k: v for k, v in system.items() if v is not None}
-
-
-def entry_response(entry: dict[str, Any]) -> dict[str, Any]:
-    out = dict(entry)
-    out["provider"] = system_response(entry["provider"])
-    return {k: v for k, v in out.items() if v is not None}
-
-
-def check_system(dto: Any, what: str = "System") -> None:
-    """SystemRequestDTO rules (checkSystemRequest)."""
-    if not isinstance(dto, dict):
-        raise CoreError(f"{what} is null.")
-    if not str(dto.get("systemName") or "").strip():
-        raise CoreError("System name is null or blank.")
-    if not str(dto.get("address") or "").strip():
-        raise CoreError("System address is null or blank.")
-    port = dto.get("port")
-    if port is None:
-        raise CoreError("System port is null.")
-    if not isinstance(port, int) or not 0 <= port <= 65535:
-        raise CoreError("System port must be between 0 and 65535.")
-
-
-def check_name(name: str, what: str) -> None:
-    if "_" in name or len(name) > 63 or not NAME_RE.match(name):
-        raise CoreError(f"{what} has invalid format. Name must match with the following regular "
-                                 "expression: ^[A-Za-z](?:[0-9A-Za-z-]*[0-9A-Za-z])?$ and at most 63 characters")
-
 
 class Double:
     """Request handling shared by both listeners; ``cn`` is the client
@@ -149,9 +74,20 @@ class Double:
 
     def __init__(self, clock: Any, reactor: Any, cloud_suffix: str | None) -> None:
         self.state = State(clock)
+        self.authorization = Authorization(self.state)
         self.reactor = reactor
         self.cloud_suffix = cloud_suffix
+        rules = self.authorization
+        # ``{id}``: the last path segment, handed over as args["id"].
         self.routes: dict[tuple[bytes, str], Callable[..., Any]] = {
+            (b"GET", "/serviceregistry/mgmt/systems"): self.mgmt_systems,
+            (b"GET", "/serviceregistry/mgmt/services"): self.mgmt_services,
+            (b"GET", "/serviceregistry/mgmt/interfaces"): self.mgmt_interfaces,
+            (b"GET", "/authorization/echo"): self.echo,
+            (b"GET", "/authorization/mgmt/intracloud"): rules.list,
+            (b"POST", "/authorization/mgmt/intracloud"): rules.add,
+            (b"GET", "/authorization/mgmt/intracloud/{id}"): rules.get,
+            (b"DELETE", "/authorization/mgmt/intracloud/{id}"): rules.delete,
             (b"GET", "/serviceregistry/echo"): self.echo,
             (b"GET", "/orchestrator/echo"): self.echo,
             (b"POST", "/serviceregistry/register"): self.register,
@@ -184,6 +120,7 @@ class Double:
         provider = body.get("providerSystem")
         check_system(provider, "Provider system")
         check_name(provider["systemName"], "System name")
+        check_address(provider["address"], self.state.knobs)
         self._check_cn_name(provider["systemName"], cn)
         end = body.get("endOfValidity")
         if end:
@@ -217,10 +154,10 @@ class Double:
         stamp = now()
         entry = {
             "id": next(self.state.ids),
-            "serviceDefinition": self.state._named(self.state.definitions, definition, "serviceDefinition"),
+            "serviceDefinition": self.state.named(self.state.definitions, definition, "serviceDefinition"),
             "provider": system, "serviceUri": uri, "endOfValidity": end or None, "secure": secure,
             "metadata": body.get("metadata") or None, "version": body.get("version") or 1,
-            "interfaces": [self.state._named(self.state.interfaces, str(i).upper(), "interfaceName")
+            "interfaces": [self.state.named(self.state.interfaces, str(i).upper(), "interfaceName")
                            for i in interfaces],
             "createdAt": stamp, "updatedAt": stamp,
         }
@@ -254,14 +191,28 @@ class Double:
             raise SpringError()
         check_system(body)
         check_name(body["systemName"], "System name")
+        check_address(body["address"], self.state.knobs)
         self._check_cn_name(body["systemName"], cn)
-        if self.state.system(body, create=False) is not None:
+        if self.state.system({**body, "address": addresses.normalize(body["address"])}, create=False) is not None:
             raise CoreError(f"System with name: {body['systemName'].lower()}, address: "
                                      f"{body['address'].lower()}, port: {body['port']} already exists.",
                                      "INVALID_PARAMETER")
         system = self.state.system(body)
         assert system is not None
         return 201, system_response(system)
+
+    def mgmt_systems(self, body: Any, args: dict[str, str], cn: str | None) -> tuple[int, Any]:
+        """SystemListResponseDTO."""
+        rows = [system_response(s) for s in self.state.systems.values()]
+        return 200, page(rows, args, "/serviceregistry/mgmt/systems")
+
+    def mgmt_services(self, body: Any, args: dict[str, str], cn: str | None) -> tuple[int, Any]:
+        """ServiceDefinitionsListResponseDTO."""
+        return 200, page(list(self.state.definitions.values()), args, "/serviceregistry/mgmt/services")
+
+    def mgmt_interfaces(self, body: Any, args: dict[str, str], cn: str | None) -> tuple[int, Any]:
+        """ServiceInterfacesListResponseDTO."""
+        return 200, page(list(self.state.interfaces.values()), args, "/serviceregistry/mgmt/interfaces")
 
     def query(self, body: Any, args: dict[str, str], cn: str | None) -> tuple[int, Any] | defer.Deferred:
         if not isinstance(body, dict):
@@ -349,29 +300,29 @@ class Double:
         # The pingProviders *flag* overwrites the form's own field, and
         # metadata requirements count only with metadataSearch.
         d = self._filtered(service, ping=flags["pingProviders"], metadata=flags["metadataSearch"])
-        return d.addCallback(self._orchestrated, requester, flags, service)
+        return d.addCallback(self._orchestrated, requester, flags, service, cn is not None)
 
     def _orchestrated(self, pair: tuple[list[dict[str, Any]], int], requester: dict[str, Any],
-                      flags: dict[str, bool], service: dict[str, Any]) -> tuple[int, Any]:
+                      flags: dict[str, bool], service: dict[str, Any], secure: bool) -> tuple[int, Any]:
         found = pair[0]
         if not found:
             return 200, {"response": []}
         # Authorization's intracloud check: the consumer must exist with this
-        # exact name, address and port.
-        if self.state.system(requester, create=False) is None:
+        # exact name, address and port; then only the providers its rules name.
+        consumer = self.state.system(requester, create=False)
+        if consumer is None:
             raise CoreError(
                 f"Consumer with name: {requester['systemName'].lower()}, address: {requester['address'].lower()} "
                 f"and port: {requester['port']} is not exist in the database.", "INVALID_PARAMETER")
-        denied = set(self.state.knobs["deny"])
-        found = [e for e in found if e["serviceDefinition"]["serviceDefinition"] not in denied]
+        found = self.authorization.authorized(consumer, found)
         if flags["onlyIPAddressResponse"] or flags["onlyIPv4AddressResponse"] or flags["onlyIPv6AddressResponse"]:
             found = [e for e in found if _address_ok(e["provider"]["address"], flags)]
         if flags["matchmaking"] and found:
             found = [random.choice(found)]
-        return 200, {"response": [self._result(e) for e in found]}
+        # Tokens come last (OrchestratorDriver.generateAuthTokens), for what is left.
+        return 200, {"response": [self._result(e, secure) for e in found]}
 
-    @staticmethod
-    def _result(entry: dict[str, Any]) -> dict[str, Any]:
+    def _result(self, entry: dict[str, Any], secure: bool) -> dict[str, Any]:
         warnings = [] if entry["endOfValidity"] else ["TTL_UNKNOWN"]
         return {
             "provider": system_response(entry["provider"]),
@@ -381,10 +332,7 @@ class Double:
             "metadata": entry["metadata"] or {},
             "interfaces": entry["interfaces"],
             "version": entry["version"],
-            # Tokens need the Authorization system's key pair; summoner never
-            # consumes them (DNS cannot carry them), so a marker stands in.
-            "authorizationTokens": ({i["interfaceName"]: "double-token" for i in entry["interfaces"]}
-                                    if entry["secure"] == "TOKEN" else None),
+            "authorizationTokens": self.authorization.tokens(entry, secure),
             "warnings": warnings,
         }
 
@@ -393,6 +341,7 @@ class Double:
     def control_state(self, body: Any, args: dict[str, str], cn: str | None) -> tuple[int, Any]:
         return 200, {"systems": [system_response(s) for s in self.state.systems.values()],
                      "entries": [entry_response(e) for e in self.state.entries],
+                     "rules": [rule_response(r) for r in self.state.rules],
                      "counters": dict(self.state.counters), "knobs": self.state.knobs}
 
     def control_knobs(self, body: Any, args: dict[str, str], cn: str | None) -> tuple[int, Any]:
@@ -419,101 +368,3 @@ def _address_ok(address: str, flags: dict[str, bool]) -> bool:
     if flags["onlyIPv6AddressResponse"]:
         return ip.version == 6
     return True
-
-
-def _common_name(cert: Any) -> str:
-    names = cert.to_cryptography().subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(names[0].value) if names else ""
-
-
-OPERATION = {"/orchestrator/orchestration": "orchestration", "/serviceregistry/register": "register",
-             "/serviceregistry/unregister": "unregister", "/serviceregistry/register-system": "register-system",
-             "/serviceregistry/query": "query"}
-
-
-class Listener(resource.Resource):
-    isLeaf = True  # noqa: N815 - Twisted API
-
-    def __init__(self, double: Double, secure: bool) -> None:
-        super().__init__()
-        self.double = double
-        self.secure = secure
-
-    def render(self, request: server.Request) -> Any:
-        path = request.path.decode()
-        handler = self.double.routes.get((request.method, path))
-        if handler is None:
-            return self._send(request, 404, {"errorMessage": f"No handler for {path}", "errorCode": 404,
-                                             "exceptionType": "GENERIC", "origin": path})
-        cn = None
-        if self.secure and not path.startswith("/control/"):
-            cn = _common_name(request.transport.getPeerCertificate())
-            denial = self._access(cn)
-            if denial:
-                return self._send(request, *CoreError(denial, "AUTH", 401).dto(path))
-        operation = OPERATION.get(path)
-        state = self.double.state
-        if operation:
-            state.counters[operation] += 1
-        delay = float(state.knobs["delay"].get(operation, 0) or 0) if operation else 0.0
-        if delay:
-            self.double.reactor.callLater(delay, self._handle, request, handler, path, operation, cn)
-        else:
-            self._handle(request, handler, path, operation, cn)
-        return server.NOT_DONE_YET
-
-    def _access(self, cn: str) -> str | None:
-        # AccessControlFilter: five labels, same cloud.operator.arrowhead.eu.
-        parts = cn.split(".")
-        if len(parts) != 5 or ".".join(parts[1:]) != self.double.cloud_suffix:
-            return f"Unauthorized access: {cn}, invalid certificate."
-        return None
-
-    def _handle(self, request: server.Request, handler: Callable[..., Any], path: str,
-                operation: str | None, cn: str | None) -> None:
-        if request.finished or request.channel is None:
-            return  # the client gave up while we were "slow"
-        state = self.double.state
-        if operation and state.knobs["fail"].get(operation):
-            failure = dict(state.knobs["fail"][operation])
-            failure.setdefault("origin", path)
-            return self._send(request, int(failure.get("errorCode", 500)), failure)
-        if operation and state.knobs["malformed"].get(operation):
-            return self._send(request, 200, None, raw=b'{"response": [{"provider": ')
-        try:
-            raw = request.content.read()
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            return self._send(request, 400, None)
-        args = {k.decode(): v[0].decode() for k, v in request.args.items()}
-        d = defer.maybeDeferred(handler, body, args, cn)
-        d.addCallback(lambda result: self._send(request, *result))
-        d.addErrback(self._failed, request, path)
-
-    def _failed(self, failure: Any, request: server.Request, path: str) -> None:
-        if failure.check(CoreError):
-            return self._send(request, *failure.value.dto(path))
-        if failure.check(SpringError):
-            return self._send(request, 400, None)
-        log.failure("double failed on {path}", failure, path=path)
-        return self._send(request, 500, {"errorMessage": failure.getErrorMessage(), "errorCode": 500,
-                                         "exceptionType": "GENERIC", "origin": path})
-
-    @staticmethod
-    def _send(request: server.Request, status: int, payload: Any, raw: bytes | None = None) -> None:
-        if request.finished or request.channel is None:
-            return
-        request.setResponseCode(status)
-        if raw is None:
-            if payload is None:
-                raw = b""
-            elif isinstance(payload, str):
-                request.setHeader(b"Content-Type", b"text/plain")
-                raw = payload.encode()
-            else:
-                request.setHeader(b"Content-Type", b"application/json")
-                raw = json.dumps(payload).encode()
-        else:
-            request.setHeader(b"Content-Type", b"application/json")
-        request.write(raw)
-        request.finish()
