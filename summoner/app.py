@@ -84,6 +84,8 @@ class App:
         """On-demand declarations leave the zones for the on-demand stage;
         raises ZoneError (the zone set is refused) for bad declarations."""
         stripped, hosts = self.ondemand.split(zones.zones.values())
+        if self.arrowhead is not None:
+            self.arrowhead.check_hosts(hosts)  # a host the Service Registry would refuse: the zones are refused
         self.ondemand.update_hosts(hosts)
         return ZoneSet({zone.origin: zone for zone in stripped})
 

@@ -8,12 +8,14 @@ The app's whole interface::
     config = config_from_args(args)           # None: Arrowhead off; ArrowheadConfigError: exit
     arrowhead = build(config, reactor)
     chain = Chain([static, on_demand, arrowhead.stage])
+    arrowhead.check_hosts(hosts)              # at each zone load: ZoneError for a host the registry would refuse
     arrowhead.update_services(published_services(hosts))      # at start and on zone changes
     arrowhead.start()                         # fires at once; registration runs in the background
     yield arrowhead.stop()                    # clean shutdown: unregisters published services
     arrowhead.status()                        # dict for the admin endpoint / `summoner status`
 
-Tests: tests/test_arrowhead_dns.py, tests/test_arrowhead_publish.py, tests/test_arrowhead_secure.py
+Tests: tests/test_arrowhead_dns.py, tests/test_arrowhead_publish.py, tests/test_arrowhead_secure.py,
+tests/test_arrowhead_addresses.py
 """
 
 from __future__ import annotations
@@ -34,8 +36,15 @@ from summoner.arrowhead.config import (
     config_from_args,
     own_system,
 )
-from summoner.arrowhead.publisher import ArrowheadPublisher, PublishedService, published_services
+from summoner.arrowhead.publisher import (
+    ArrowheadPublisher,
+    PublishableHost,
+    PublishedService,
+    publish_problems,
+    published_services,
+)
 from summoner.arrowhead.stage import ArrowheadStage
+from summoner.zonefile import ZoneError
 
 __all__ = [
     "Arrowhead",
@@ -66,6 +75,14 @@ class Arrowhead:
 
     def update_services(self, services: Iterable[PublishedService]) -> None:
         self.publisher.update_services(services)
+
+    def check_hosts(self, hosts: Iterable[PublishableHost]) -> None:
+        """Raises ZoneError (the zone set is refused) when publishing is on and
+        the Service Registry would refuse a host's address or service definition."""
+        if self.config.publish:
+            problems = publish_problems(hosts)
+            if problems:
+                raise ZoneError(problems)
 
     def start(self) -> defer.Deferred:
         return self.publisher.start()

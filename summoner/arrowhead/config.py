@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from summoner.answer import name_key
+from summoner.arrowhead.addresses import address_problem, normalize
 from summoner.arrowhead.client import SystemRef
 from summoner.arrowhead.tls import TLSConfigError, TLSMaterial, load_tls
 
@@ -175,6 +176,11 @@ def config_from_args(args: argparse.Namespace) -> ArrowheadConfig | None:
     name = _system_name(args.arrowhead_system_name, tls)
     if not 0 <= args.arrowhead_system_port <= 65535:
         raise ArrowheadConfigError("--arrowhead-system-port must be between 0 and 65535")
+    refused = address_problem(args.arrowhead_system_address)
+    if refused is not None:
+        raise ArrowheadConfigError(f"--arrowhead-system-address {args.arrowhead_system_address!r}: the Service "
+                                   f"Registry refuses it ({refused}); give the address other systems reach "
+                                   "summoner's DNS at")
     default = ServiceMapping(interfaces=_interfaces(args.arrowhead_interface),
                              security=_security(args.arrowhead_security))
     mappings = [default] + [_mapping(spec, default) for spec in args.arrowhead_map]
@@ -184,7 +190,7 @@ def config_from_args(args: argparse.Namespace) -> ArrowheadConfig | None:
             raise ArrowheadConfigError(f"{number} must be positive")
     return ArrowheadConfig(
         orchestrator_url=orchestrator, registry_url=registry, system_name=name,
-        system_address=args.arrowhead_system_address, system_port=args.arrowhead_system_port,
+        system_address=normalize(args.arrowhead_system_address), system_port=args.arrowhead_system_port,
         domains=tuple(name_key(d) for d in args.arrowhead_domain), zone_names=args.arrowhead_zone_names,
         mappings=tuple(mappings), matchmaking=args.arrowhead_matchmaking,
         ping_providers=args.arrowhead_ping_providers, intercloud=args.arrowhead_intercloud,

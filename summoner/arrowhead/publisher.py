@@ -9,7 +9,8 @@ summoner's system itself (the orchestration requester) is registered first and
 is never unregistered: Authorization rules refer to its database id, and
 removing the system would drop the operator's rules with it.
 
-Tests: tests/test_arrowhead_publish.py, tests/test_arrowhead_dns.py (end to end).
+Tests: tests/test_arrowhead_publish.py, tests/test_arrowhead_dns.py (end to end),
+tests/test_arrowhead_addresses.py (publish_problems).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from twisted.python.failure import Failure
 
 from summoner.answer import name_key
 from summoner.arrowhead import metrics
+from summoner.arrowhead.addresses import address_problem
 from summoner.arrowhead.client import ArrowheadClient, ArrowheadError, ArrowheadHTTPError, SystemRef
 from summoner.arrowhead.config import ArrowheadConfig, valid_name
 from summoner.backoff import Backoff
@@ -62,22 +64,30 @@ class PublishedService:
         return (self.service_definition.lower(), name_key(self.dns_name), self.port, self.uri)
 
 
+def _published(host: PublishableHost) -> bool:
+    extra = getattr(host, "extra", None) or {}
+    return str(extra.get("arrowhead", "on")).lower() not in ("off", "no", "false")
+
+
+def _definition(host: PublishableHost) -> str:
+    extra = getattr(host, "extra", None) or {}
+    return str(extra.get("arrowhead-service") or name_key(host.name).split(".", 1)[0])
+
+
 def published_services(hosts: Iterable[PublishableHost], default_port: int = 80) -> list[PublishedService]:
     """PublishedService for each on-demand host (anything with ``name``,
     ``image``, ``port`` and an ``extra`` dict of its ``_summoner`` TXT keys).
 
     The service definition is ``arrowhead-service=`` from the TXT record, else
     the host's first label; ``arrowhead-uri=`` sets the service URI.  Hosts
-    whose definition Arrowhead would reject are skipped with a warning, and
+    whose definition Arrowhead would reject are skipped with a warning (a
+    served zone set never has them: see ``publish_problems``), and
     ``arrowhead=off`` keeps a host unpublished.
     """
     out = []
-    for host in hosts:
+    for host in filter(_published, hosts):
         extra = dict(getattr(host, "extra", None) or {})
-        if extra.get("arrowhead", "on").lower() in ("off", "no", "false"):
-            continue
-        name = name_key(host.name)
-        definition = extra.get("arrowhead-service") or name.split(".", 1)[0]
+        name, definition = name_key(host.name), _definition(host)
         if not valid_name(definition):
             log.warn("Arrowhead: not publishing {name}: {definition!r} is not a valid service definition "
                      "(set arrowhead-service= in its _summoner TXT record)", name=name, definition=definition)
@@ -88,6 +98,26 @@ def published_services(hosts: Iterable[PublishableHost], default_port: int = 80)
                                     extra.get("arrowhead-uri", "/"),
                                     {k[5:]: v for k, v in metadata.items()}))
     return out
+
+
+def publish_problems(hosts: Iterable[PublishableHost]) -> list[str]:
+    """``file:line: reason`` for each host to be published whose provider
+    address (its DNS name) or service definition the Service Registry would
+    refuse with a 400: the zones are refused at load instead."""
+    problems = []
+    for host in filter(_published, hosts):
+        name, definition = name_key(host.name), _definition(host)
+        where = f"{getattr(host, 'location', name)}: on-demand host {name} cannot be published in Arrowhead"
+        off = "set arrowhead=off in its _summoner TXT record, or serve with --no-arrowhead-publish"
+        reason = address_problem(name)
+        if reason is not None:
+            problems.append(f"{where}: the Service Registry refuses {name} as a provider address: {reason} "
+                            f"(NetworkAddressVerifier) -- fix: rename the host, or {off}")
+        if not valid_name(definition):
+            problems.append(f"{where}: the Service Registry refuses the service definition {definition!r}: it "
+                            f"must be letters, digits and dashes, start with a letter and be at most 63 characters "
+                            f"-- fix: set arrowhead-service=NAME in its _summoner TXT record, or {off}")
+    return problems
 
 
 @dataclass
