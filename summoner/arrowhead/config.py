@@ -24,6 +24,11 @@ from summoner.arrowhead.tls import TLSConfigError, TLSMaterial, load_tls
 NAME_RE = re.compile(r"^[A-Za-z](?:[0-9A-Za-z-]*[0-9A-Za-z])?$")
 INTERFACE_RE = re.compile(r"^([A-Z_0-9]+)-(SECURE|INSECURE)-([A-Z_0-9]+)$")
 SECURITY_TYPES = ("NOT_SECURE", "CERTIFICATE", "TOKEN")
+# What a DNS answer can stand for: an address to connect to, with or without a
+# client certificate.  A TOKEN provider also needs the token the Orchestrator
+# hands out, which DNS cannot carry (and which an insecure cloud cannot make:
+# the whole orchestration then fails with a 500).
+DNS_SECURITY = ("NOT_SECURE", "CERTIFICATE")
 
 
 class ArrowheadConfigError(ValueError):
@@ -45,7 +50,7 @@ class ServiceMapping:
     suffix: str = ""
     service: str | None = None
     interfaces: tuple[str, ...] = ()
-    security: tuple[str, ...] = ()
+    security: tuple[str, ...] = DNS_SECURITY
     metadata: Mapping[str, str] = field(default_factory=dict, hash=False)
     version: int | None = None
 
@@ -115,12 +120,13 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
              "on-demand hosts (default on)")
     add("--arrowhead-map", metavar="SUFFIX [KEY=VALUE ...]", nargs="+", action="append", default=[],
         help="service mapping for names under SUFFIX ('.' for all): service=DEF (default: the first label), "
-             "interface=NAME, security=NOT_SECURE|CERTIFICATE|TOKEN (both repeatable), version=N, "
+             "interface=NAME, security=NOT_SECURE|CERTIFICATE|TOKEN|ANY (both repeatable), version=N, "
              "meta.KEY=VALUE; the longest matching suffix wins (repeatable)")
     add("--arrowhead-interface", metavar="NAME", action="append", default=[],
         help="interface requirement of the default mapping, e.g. HTTP-INSECURE-JSON (repeatable)")
     add("--arrowhead-security", metavar="TYPE", action="append", default=[],
-        help="security requirement of the default mapping (repeatable)")
+        help="securityRequirements of the default mapping: NOT_SECURE, CERTIFICATE, TOKEN, or ANY for all three "
+             f"(repeatable; default {' '.join(DNS_SECURITY)}: TOKEN providers need a token DNS cannot carry)")
     add("--arrowhead-matchmaking", action=argparse.BooleanOptionalAction, default=d.matchmaking,
         help="let the Orchestrator pick one provider (default on; off returns every provider as "
              "several records)")
@@ -182,7 +188,7 @@ def config_from_args(args: argparse.Namespace) -> ArrowheadConfig | None:
                                    f"Registry refuses it ({refused}); give the address other systems reach "
                                    "summoner's DNS at")
     default = ServiceMapping(interfaces=_interfaces(args.arrowhead_interface),
-                             security=_security(args.arrowhead_security))
+                             security=_security(args.arrowhead_security) or DNS_SECURITY)
     mappings = [default] + [_mapping(spec, default) for spec in args.arrowhead_map]
     for number, value in (("--arrowhead-ttl", args.arrowhead_ttl), ("--arrowhead-deadline", args.arrowhead_deadline),
                           ("--arrowhead-circuit-threshold", args.arrowhead_circuit_threshold)):
@@ -256,11 +262,13 @@ def _interfaces(values: list[str]) -> tuple[str, ...]:
 
 
 def _security(values: list[str]) -> tuple[str, ...]:
-    out = tuple(v.upper() for v in values)
-    for value in out:
-        if value not in SECURITY_TYPES:
-            raise ArrowheadConfigError(f"security type {value!r} is not one of {', '.join(SECURITY_TYPES)}")
-    return out
+    """The security types asked for; ANY stands for all of them."""
+    out: list[str] = []
+    for value in (v.upper() for v in values):
+        if value not in (*SECURITY_TYPES, "ANY"):
+            raise ArrowheadConfigError(f"security type {value!r} is not one of {', '.join(SECURITY_TYPES)} or ANY")
+        out.extend(SECURITY_TYPES if value == "ANY" else [value])
+    return tuple(dict.fromkeys(out))
 
 
 def _mapping(spec: list[str], default: ServiceMapping) -> ServiceMapping:
