@@ -1,7 +1,8 @@
 """The ``summoner`` command line.
 
 Tests: tests/test_configfile.py (every serve option), tests/test_zonefile.py (check),
-tests/test_arrowhead_dns.py and tests/vm/test_e2e.py (serve, status).
+tests/test_arrowhead_dns.py and tests/vm/test_e2e.py (serve, status), tests/test_arrowhead_rules.py
+(arrowhead rules).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from summoner.admin import parse_admin
 from summoner.app import ServeConfig
 from summoner.arrowhead.config import ArrowheadConfigError, config_from_args
 from summoner.arrowhead.config import add_cli_arguments as add_arrowhead_arguments
+from summoner.arrowhead.rules_cli import add_arrowhead_command
 from summoner.netaddr import host_port
 from summoner.ratelimit import RateLimit
 from summoner.vm.cli import (
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--config", type=Path, metavar="FILE",
                         help="the serve configuration file: check what serve would run with")
     doctor.set_defaults(options_parser=doctor, config_schema=serve)
+    add_arrowhead_command(commands, serve)
 
     image = commands.add_parser("image", help="unikernel images")
     image_commands = image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
@@ -186,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "config", None) is not None:
         from summoner.configfile import ConfigError, apply
         try:
-            apply(args, args.options_parser, argv[argv.index(args.command) + 1:], schema=args.config_schema)
+            # the options after the command's name (``arrowhead rules``: after both words)
+            start = argv.index(args.command) + getattr(args, "command_words", 1)
+            apply(args, args.options_parser, argv[start:], schema=args.config_schema)
         except ConfigError as exc:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)

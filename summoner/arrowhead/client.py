@@ -32,7 +32,8 @@ from zope.interface import implementer
 
 from summoner.arrowhead.tls import TLSConfigError, TLSMaterial, TLSPolicy, load_tls, ssl_reason
 
-__all__ = ["ORCHESTRATION", "ORCHESTRATOR_ECHO", "REGISTER", "REGISTER_SYSTEM", "REGISTRY_ECHO", "UNREGISTER",
+__all__ = ["MGMT_INTERFACES", "MGMT_INTRACLOUD", "MGMT_SERVICES", "MGMT_SYSTEMS", "ORCHESTRATION",
+           "ORCHESTRATOR_ECHO", "REGISTER", "REGISTER_SYSTEM", "REGISTRY_ECHO", "UNREGISTER",
            "ArrowheadClient", "ArrowheadError", "ArrowheadHTTPError", "ArrowheadMalformedError",
            "ArrowheadTLSError", "ArrowheadTimeoutError", "ArrowheadUnavailableError", "ErrorMessage", "Provider",
            "SystemRef", "TLSConfigError", "TLSMaterial", "load_tls", "parse_orchestration", "split_url"]
@@ -44,6 +45,10 @@ REGISTER = "/serviceregistry/register"
 UNREGISTER = "/serviceregistry/unregister"
 REGISTER_SYSTEM = "/serviceregistry/register-system"
 REGISTRY_ECHO = "/serviceregistry/echo"
+MGMT_SYSTEMS = "/serviceregistry/mgmt/systems"
+MGMT_SERVICES = "/serviceregistry/mgmt/services"
+MGMT_INTERFACES = "/serviceregistry/mgmt/interfaces"
+MGMT_INTRACLOUD = "/authorization/mgmt/intracloud"
 
 
 # --------------------------------------------------------------------------- errors
@@ -198,10 +203,11 @@ class ArrowheadClient:
     a Deferred that fails with an :class:`ArrowheadError` subclass."""
 
     def __init__(self, reactor: IReactorTime, *, orchestrator_url: str | None, registry_url: str | None,
-                 tls: TLSMaterial | None, connect_timeout: float = 2.0) -> None:
+                 tls: TLSMaterial | None, connect_timeout: float = 2.0, authorization_url: str | None = None) -> None:
         self._reactor: IReactorTime = reactor
         self.orchestrator_url = orchestrator_url.rstrip("/") if orchestrator_url else None
         self.registry_url = registry_url.rstrip("/") if registry_url else None
+        self.authorization_url = authorization_url.rstrip("/") if authorization_url else None
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         # Enough idle keep-alive connections for the concurrency the stage
         # allows; connection set-up (a TLS handshake) dominates a cold call.
@@ -233,6 +239,24 @@ class ArrowheadClient:
         query = urlencode({"service_definition": service_definition, "system_name": system.system_name,
                            "address": system.address, "port": system.port, "service_uri": service_uri})
         url = self._url(self.registry_url, UNREGISTER) + "?" + query
+        return self._call(url, b"DELETE", None, timeout, (200, 204))
+
+    # -- management (the local system operator's, in secure mode)
+
+    def mgmt_list(self, path: str, timeout: float) -> defer.Deferred:
+        """Every row of a management list (``{"data": [...], "count": N}``,
+        unpaged); fires with a list of dicts."""
+        base = self.authorization_url if path.startswith("/authorization/") else self.registry_url
+        d = self._call(self._url(base, path), b"GET", None, timeout, (200,))
+        return d.addCallback(lambda answer: _rows(answer[1], self._url(base, path)))
+
+    def add_rule(self, body: Mapping[str, Any], timeout: float) -> defer.Deferred:
+        """``POST /authorization/mgmt/intracloud`` (AuthorizationIntraCloudRequestDTO)."""
+        d = self._call(self._url(self.authorization_url, MGMT_INTRACLOUD), b"POST", body, timeout, (200, 201))
+        return d.addCallback(lambda answer: _rows(answer[1], MGMT_INTRACLOUD))
+
+    def remove_rule(self, rule_id: int, timeout: float) -> defer.Deferred:
+        url = self._url(self.authorization_url, f"{MGMT_INTRACLOUD}/{int(rule_id)}")
         return self._call(url, b"DELETE", None, timeout, (200, 204))
 
     def echo(self, which: str, timeout: float) -> defer.Deferred:
@@ -290,6 +314,17 @@ class ArrowheadClient:
             what = reasons[0].getErrorMessage() if reasons else failure.getErrorMessage()
             raise ArrowheadUnavailableError(f"{url}: {what or failure.type.__name__}")
         failure.raiseException()
+
+
+def _rows(body: bytes, url: str) -> list[dict[str, Any]]:
+    """The ``data`` of a list DTO; anything off-shape is malformed."""
+    try:
+        data = json.loads(body)["data"]
+        if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+            raise TypeError("data is not a list of objects")
+        return data
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ArrowheadMalformedError(f"{url}: answer is not a list DTO ({{data, count}}): {exc}") from exc
 
 
 class _BodyCollector(protocol.Protocol):
