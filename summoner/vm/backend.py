@@ -110,6 +110,12 @@ class Backend(Protocol):
     @property
     def connected(self) -> bool: ...
 
+    @property
+    def down_since(self) -> float | None:
+        """Reactor time since which libvirt has been unreachable; None while
+        connected, or when unknown (then it counts as just gone)."""
+        ...
+
     def start(self) -> defer.Deferred[bool]:
         """Connect; fires True once connected, False after a failed first try
         (reconnecting goes on)."""

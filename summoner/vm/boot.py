@@ -198,6 +198,21 @@ class Booter:
             timer.end()
             await self._failed(svc, failure, timer)
 
+    async def _libvirt_back(self, timeout: float) -> None:
+        """libvirtd restarting: reconnection takes well under a second, so
+        wait for it (within the deadline) rather than fail.  Down for longer
+        than a boot may take, it is not restarting: refuse at once, so that
+        each query does not wait out the deadline in turn."""
+        uri = self.config.libvirt_uri
+        down_since = self.backend.down_since
+        if down_since is not None and self.reactor.seconds() - down_since >= timeout:
+            down = self.reactor.seconds() - down_since
+            raise BootRefusedError("error", f"libvirt unreachable at {uri} for {down:.0f}s; start libvirtd "
+                                            "(scripts/start-libvirt.sh) or fix --libvirt-uri")
+        if not await first_of(self.reactor, self.backend.when_connected(), timeout):
+            raise BootRefusedError("error", f"libvirt unreachable at {uri}; start libvirtd "
+                                            "(scripts/start-libvirt.sh) or fix --libvirt-uri")
+
     async def _boot_in_slot(self, svc: Service, attempt: Attempt, timer: PhaseTimer) -> None:
         spec = svc.spec
         await self.virt.ready_for(spec)
@@ -207,10 +222,7 @@ class Booter:
         svc.reserve()
         start = self.reactor.seconds()
         if not self.backend.connected:
-            # libvirtd restarting: reconnection takes well under a second,
-            # so wait for it (within the deadline) rather than fail.
-            if not await first_of(self.reactor, self.backend.when_connected(), spec.boot_timeout):
-                raise BootRefusedError("error", f"libvirt unreachable at {self.config.libvirt_uri}")
+            await self._libvirt_back(spec.boot_timeout)
             start = self.reactor.seconds()
         deadline = start + spec.boot_timeout
         await self.standby.settled(svc)

@@ -96,12 +96,17 @@ class LibvirtBackend:
         self._stopped = False
         self._ever_connected = False
         self._connected_waiters: list[defer.Deferred[bool]] = []
+        self._down_since: float | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
     @property
     def connected(self) -> bool:
         return self._conn is not None
+
+    @property
+    def down_since(self) -> float | None:
+        return None if self._conn is not None else self._down_since
 
     def start(self) -> defer.Deferred[bool]:
         """Start the threads and connect.  Fires True once connected, or False
@@ -112,6 +117,7 @@ class LibvirtBackend:
         # even if nobody calls stop().
         IReactorCore(self.reactor).addSystemEventTrigger("during", "shutdown", self._stop_pool)
         self._stopped = False
+        self._down_since = self.reactor.seconds()
         return self._connect()
 
     def stop(self) -> defer.Deferred[None]:
@@ -167,6 +173,7 @@ class LibvirtBackend:
             self._in_thread(lambda: self._close(conn))
             return False
         self._conn = conn
+        self._down_since = None
         self._backoff.succeeded()
         if self._ever_connected:
             metrics.RECONNECTS.inc()
@@ -214,6 +221,7 @@ class LibvirtBackend:
         if conn is None or self._stopped:
             return
         log.warn("lost libvirt connection ({why}); reconnecting", why=why)
+        self._down_since = self.reactor.seconds()
         self._in_thread(lambda: self._close(conn))
         self._schedule_reconnect()
 

@@ -158,6 +158,7 @@ class FakeBackend:
         self.shutdown_delay = (0.01, 0.1)  # ACPI button to shutdown/guest, then to stopped/shutdown
         self.event_order = "usual"  # or "before" / "after": every event before / after the call's result
         self.connected = True
+        self.down_since: float | None = None  # unknown: a fake outage counts as just begun
         self.on_event: Callable[[str, DomainEvent, str, str], None] = lambda *a: None
         self.on_connected: Callable[[], None] = lambda: None
         self.domains: dict[str, dict[str, Any]] = {}

@@ -107,12 +107,24 @@ class BackendTest(unittest.TestCase):
         self.assertIs((yield self.backend.state(s.domain_name)), DomainState.GONE)
 
     @defer.inlineCallbacks
+    def test_an_unreachable_libvirt_is_down_since_start(self):
+        away = LibvirtBackend("qemu+unix:///system?socket=/nonexistent/libvirt-sock", reactor,
+                              reconnect_min=3600, reconnect_max=3600)
+        self.addCleanup(away.stop)
+        before = reactor.seconds()
+        connected = yield away.start()
+        self.assertFalse(connected)
+        self.assertIsNotNone(away.down_since)
+        self.assertGreaterEqual(away.down_since, before)
+
+    @defer.inlineCallbacks
     def test_not_connected_fails_fast_and_kvm_check_answers(self):
         for call in (self.backend.list_ours, lambda: self.backend.traffic({"test": "bridge"}),
                      lambda: self.backend.state("test"), lambda: self.backend.destroy("test")):
             with self.assertRaises(NotConnectedError):
                 yield call()
         yield self.backend.start()
+        self.assertIsNone(self.backend.down_since)
         # The test driver offers no domain capabilities at all, so no kvm.
         ok, why = yield self.backend.kvm_usable()
         self.assertFalse(ok)

@@ -118,6 +118,20 @@ class BootTest(FleetCase):
         answer = yield d
         self.assertEqual(answer.rcode, RCODE.NOERROR)
 
+    @defer.inlineCallbacks
+    def test_libvirt_down_for_longer_than_a_boot_refuses_at_once(self):
+        od = self.make([host("hello", "127.0.0.98", "hello")], {"hello": manifest("hello", boot_timeout=5.0)})
+        yield od.start()
+        self.backend.connected = False
+        self.backend.down_since = reactor.seconds() - 6.0  # not a restart: down for more than 5 s
+        started = time.monotonic()
+        answer = yield od.stage.resolve(Query.of("hello.example.org", "A"))
+        self.assertLess(time.monotonic() - started, 1.0)
+        self.assertEqual(answer.rcode, RCODE.SERVFAIL)
+        svc = self.svc("hello.example.org")
+        self.assertIn("libvirt unreachable", svc.last_error)
+        self.assertIn("start libvirtd", svc.last_error)
+        self.assertEqual(self.backend.creates, 0)
 
     @defer.inlineCallbacks
     def test_a_leftover_domain_of_the_same_name_is_replaced(self):
