@@ -76,6 +76,10 @@ class Answer:
     ``zone``: for a tentative answer, the served zone the name is in; the
     chain hands the tentative answer to later stages (``earlier``), which
     answer in-zone names with that zone's SOA.
+    ``remote_service``: for a tentative answer about a name whose own
+    provider cannot answer now (an on-demand VM that cannot boot), the
+    service the name stands for; a later stage may answer with another
+    provider of that service (remote fallback), else this answer stands.
     """
 
     rcode: int = RCODE.NOERROR
@@ -88,6 +92,7 @@ class Answer:
     cache_seconds: float | None = None
     on_hit: Callable[[], bool] | None = None
     zone: Apex | None = None
+    remote_service: str | None = None
 
 
 def refused() -> Answer:

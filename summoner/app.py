@@ -73,6 +73,10 @@ class App:
             from summoner.arrowhead import build
             self.arrowhead = build(arrowhead, reactor)
             stages.append(self.arrowhead.stage)  # last: it takes what the others leave
+            if self.ondemand is not None:
+                # remote fallback: a host whose VM cannot boot is answered
+                # with another provider of its service, when Arrowhead has one
+                self.ondemand.stage.remote = self.arrowhead.remote_service_of
         self.chain = Chain(stages)
         self.responder = Responder(self.chain)
         self.watcher = ZoneWatcher(config.zones, self.apply_zones, config.reload_interval, reactor)

@@ -11,7 +11,10 @@ Arrowhead without the zone stage knowing that Arrowhead exists.
 A tentative answer names the zone it comes from (``Answer.zone``, an
 ``Apex``: origin and SOA), and the chain hands it to every later stage
 (``Stage.resolve(query, earlier)``), so a later stage answering an in-zone
-name uses that zone's SOA without looking the zone up itself.
+name uses that zone's SOA without looking the zone up itself.  When several
+stages give one, the latest is handed on and is the fallback: a later stage
+knows more about the name (the zone says only that it has no data; the
+on-demand stage says its VM cannot boot, and which service it stands for).
 
 The first stage may also be *compiled* (the static stage): it then answers
 from encoded fragments on the wire layer's hot path (``Chain.compiled``),
@@ -41,7 +44,7 @@ log = Logger(namespace="summoner.resolution")
 class Stage(Protocol):
     """One step of the chain.  ``resolve`` may return its result directly
     (the fast path: no Deferred allocation) or a Deferred firing with it.
-    ``earlier`` is the tentative answer of an earlier stage (the first one,
+    ``earlier`` is the tentative answer of an earlier stage (the latest one,
     if several gave one), or None."""
 
     name: str
@@ -125,8 +128,7 @@ class Chain:
             if result is None:
                 continue
             if result.tentative:
-                if fallback is None:
-                    fallback = result
+                fallback = result
                 continue
             return result
         return fallback if fallback is not None else refused()
@@ -136,7 +138,7 @@ class Chain:
         if result is not None:
             if not result.tentative:
                 return result
-            fallback = fallback or result
+            fallback = result
         return self._walk(query, index + 1, fallback)
 
     def _stage_failed(self, failure: Failure, query: Query, index: int) -> Answer:

@@ -89,11 +89,17 @@ def test_a_later_definitive_answer_beats_a_tentative_one() -> None:
     assert ips(resolved(Chain([Fixed("zone", nxdomain()), Fixed("later", address("10.0.0.4"))]))) == ["10.0.0.4"]
 
 
-def test_the_first_tentative_answer_is_kept_and_handed_on() -> None:
-    first, second = nxdomain(), nxdomain()
+def test_the_latest_tentative_answer_is_handed_on_and_is_the_fallback() -> None:
+    # e.g. the zone's NXDOMAIN, then the on-demand stage's "cannot boot, this
+    # is the service it stands for": the later stage must see the second
+    first, second = nxdomain(), Answer(rcode=RCODE.SERVFAIL, tentative=True, remote_service="hello")
     last = Fixed("last")
-    assert resolved(Chain([Fixed("a", first), Fixed("b", second), last])) is first
-    assert last.asked == [("x.test", first)]
+    assert resolved(Chain([Fixed("a", first), Fixed("b", second), last])) is second
+    assert last.asked == [("x.test", second)]
+    # through Deferreds too
+    later = Fixed("later")
+    chain = Chain([Fixed("a", first), Fixed("slow b", lambda: defer.succeed(second)), later])
+    assert resolved(chain) is second and later.asked == [("x.test", second)]
 
 
 def test_deferred_stages_resume_the_chain() -> None:

@@ -40,6 +40,8 @@ from summoner.arrowhead.publisher import (
     ArrowheadPublisher,
     PublishableHost,
     PublishedService,
+    fallback_problems,
+    fallback_service,
     publish_problems,
     published_services,
 )
@@ -79,10 +81,19 @@ class Arrowhead:
     def check_hosts(self, hosts: Iterable[PublishableHost]) -> None:
         """Raises ZoneError (the zone set is refused) when publishing is on and
         the Service Registry would refuse a host's address or service definition."""
+        hosts = list(hosts)
+        problems = fallback_problems(hosts)
         if self.config.publish:
-            problems = publish_problems(hosts)
-            if problems:
-                raise ZoneError(problems)
+            problems += publish_problems(hosts)
+        if problems:
+            raise ZoneError(problems)
+
+    def remote_service_of(self, host: PublishableHost) -> str | None:
+        """For the on-demand stage: the service another provider may answer
+        ``host`` with while its VM cannot boot (None: no fallback)."""
+        if self.config.orchestrator_url is None:
+            return None
+        return fallback_service(host)
 
     def start(self) -> defer.Deferred:
         return self.publisher.start()

@@ -22,6 +22,11 @@ CACHE_HITS = Counter(
     "DNS queries answered from the Arrowhead answer cache",
     ["kind"],  # positive | negative
 )
+FALLBACKS = Counter(
+    "summoner_arrowhead_fallbacks_total",
+    "Queries for an on-demand host whose VM could not boot, sent to another provider of its service",
+    ["result"],  # answer | no_provider | error
+)
 REGISTRATIONS = Counter(
     "summoner_arrowhead_registrations_total",
     "Service Registry operations by outcome",
@@ -32,5 +37,7 @@ REGISTRATIONS = Counter(
 
 for _result in ("answer", "nxdomain", "timeout", "error", "circuit_open", "overloaded"):
     LOOKUPS.labels(_result)
+for _result in ("answer", "no_provider", "error"):
+    FALLBACKS.labels(_result)
 for _kind in ("positive", "negative"):
     CACHE_HITS.labels(_kind)

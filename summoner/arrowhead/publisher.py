@@ -74,6 +74,34 @@ def _definition(host: PublishableHost) -> str:
     return str(extra.get("arrowhead-service") or name_key(host.name).split(".", 1)[0])
 
 
+_SWITCH = {"on": True, "yes": True, "true": True, "off": False, "no": False, "false": False}
+
+
+def fallback_service(host: PublishableHost) -> str | None:
+    """The service definition under which another provider may answer for
+    ``host`` while its own VM cannot boot (remote fallback); None when its
+    ``_summoner`` TXT record says ``arrowhead-fallback=off``.  The same
+    definition it is published under, published or not."""
+    extra = getattr(host, "extra", None) or {}
+    if not _SWITCH.get(str(extra.get("arrowhead-fallback", "on")).lower(), True):
+        return None
+    definition = _definition(host)
+    return definition.lower() if valid_name(definition) else None
+
+
+def fallback_problems(hosts: Iterable[PublishableHost]) -> list[str]:
+    """``file:line: reason`` for each host whose ``arrowhead-fallback=`` is neither on nor off."""
+    problems = []
+    for host in hosts:
+        value = (getattr(host, "extra", None) or {}).get("arrowhead-fallback")
+        if value is not None and str(value).lower() not in _SWITCH:
+            where = getattr(host, "location", host.name)
+            problems.append(f"{where}: arrowhead-fallback={value!r} must be on or off (on by default when "
+                            f"Arrowhead is configured: answer with another provider of the host's service "
+                            f"while its VM cannot boot)")
+    return problems
+
+
 def published_services(hosts: Iterable[PublishableHost], default_port: int = 80) -> list[PublishedService]:
     """PublishedService for each on-demand host (anything with ``name``,
     ``image``, ``port`` and an ``extra`` dict of its ``_summoner`` TXT keys).

@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 
 from summoner.answer import Answer, Apex, Query, servfail
 from summoner.arrowhead import metrics
+from summoner.arrowhead.circuit import CircuitBreaker
 from summoner.arrowhead.client import (
     ArrowheadClient,
     ArrowheadError,
@@ -48,40 +49,6 @@ MAX_CONCURRENT_LOOKUPS = 64
 log = Logger(namespace="summoner.arrowhead")
 
 
-class CircuitBreaker:
-    """closed → (``threshold`` consecutive failures) → open → (``cooldown``) →
-    half-open: one probe call goes through; its outcome closes or re-opens."""
-
-    def __init__(self, threshold: int, cooldown: float, clock: Callable[[], float]) -> None:
-        self.threshold = threshold
-        self.cooldown = cooldown
-        self._clock = clock
-        self.state = "closed"
-        self.failures = 0
-        self.opened_at = 0.0
-
-    def allow(self) -> bool:
-        if self.state == "closed":
-            return True
-        if self.state == "open" and self._clock() - self.opened_at >= self.cooldown:
-            self.state = "half-open"
-            return True
-        return False  # open and cooling down, or a probe already in flight
-
-    def succeeded(self) -> None:
-        if self.state != "closed":
-            log.info("Arrowhead Orchestrator answers again; circuit closed")
-        self.state, self.failures = "closed", 0
-
-    def failed(self) -> None:
-        self.failures += 1
-        if self.state == "half-open" or self.failures >= self.threshold:
-            if self.state != "open":
-                log.warn("Arrowhead Orchestrator failed {n} time(s) in a row; circuit open, answering SERVFAIL "
-                         "for {s:g} s before probing again", n=self.failures, s=self.cooldown)
-            self.state, self.opened_at = "open", self._clock()
-
-
 @dataclass(frozen=True, slots=True)
 class _Target:
     """What a query name means to this stage."""
@@ -94,6 +61,9 @@ class _Target:
     # exists without data -- NODATA, never NXDOMAIN (RFC 8020: resolvers that
     # minimise queries would stop at an NXDOMAIN here).
     empty_non_terminal: bool = False
+    # Remote fallback for an on-demand host: the host's own name, which no
+    # answer may point at (summoner's own registration of it).
+    excluded: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +99,8 @@ class ArrowheadStage:
         return self._target(key, zone) is not None
 
     def resolve(self, query: Query, earlier: Answer | None = None) -> Answer | None | defer.Deferred:
+        if earlier is not None and earlier.remote_service is not None:
+            return self._remote_fallback(query, earlier, earlier.remote_service)
         target = self._target(query.key, earlier.zone if earlier is not None else None)
         if target is None:
             return None
@@ -140,6 +112,18 @@ class ArrowheadStage:
             return None
         if not target.service:
             return self._render(query, target, (), target.soa.ttl)
+        return self._lookup(query, target)
+
+    def _remote_fallback(self, query: Query, earlier: Answer, service: str) -> Answer | None | defer.Deferred:
+        """An on-demand host whose VM cannot boot: another provider of its
+        service, never summoner's own registration of that very name."""
+        if self.config.orchestrator_url is None or earlier.zone is None:
+            return None
+        mapping = self.config.mapping_for(query.key)
+        return self._lookup(query, _Target(earlier.zone.soa, service, mapping, None, excluded=query.key))
+
+    def _lookup(self, query: Query, target: _Target) -> Answer | None | defer.Deferred:
+        assert target.service
         key = (target.service, target.mapping.suffix)
         entry = self._cache.get(key)
         now = self._reactor.seconds()
@@ -153,16 +137,16 @@ class ArrowheadStage:
             waiters.append(waiting)  # one orchestration call per name, however many ask
         elif not self.circuit.allow():
             metrics.LOOKUPS.labels("circuit_open").inc()
-            return servfail()
+            return self._unanswerable(target)
         elif len(self._inflight) >= MAX_CONCURRENT_LOOKUPS:
             # A flood of distinct names must not become a flood of HTTPS
             # requests at the Orchestrator: beyond the cap, SERVFAIL at once.
             metrics.LOOKUPS.labels("overloaded").inc()
-            return servfail()
+            return self._unanswerable(target)
         else:
             self._inflight[key] = [waiting]
             self._orchestrate(key, target)
-        return waiting.addCallbacks(self._answer, self._failed, callbackArgs=(query, target))
+        return waiting.addCallbacks(self._answer, self._failed, callbackArgs=(query, target), errbackArgs=(target,))
 
     # -- names
 
@@ -295,16 +279,16 @@ class ArrowheadStage:
         for waiting in self._inflight.pop(key, []):
             waiting.callback(_Entry(expires, providers))
 
-    def _answer(self, result: _Entry, query: Query, target: _Target) -> Answer:
-        answer = self._render(query, target, result.providers, result.expires - self._reactor.seconds(),
-                              fresh=True)
+    def _answer(self, result: _Entry, query: Query, target: _Target) -> Answer | None:
         metrics.LOOKUPS.labels("answer" if result.providers else "nxdomain").inc()
-        return answer
+        return self._render(query, target, result.providers, result.expires - self._reactor.seconds(), fresh=True)
 
     # -- answers
 
     def _render(self, query: Query, target: _Target, providers: tuple[Provider, ...], remaining: float,
-                fresh: bool = False) -> Answer:
+                fresh: bool = False) -> Answer | None:
+        if target.excluded is not None:
+            return self._render_fallback(query, target, providers, remaining)
         # The TTL never outlives the cache entry behind it.
         ttl = max(1, min(self.config.ttl, int(remaining)))
         replay = min(WIRE_CACHE_SECONDS, max(remaining, 0.0))
@@ -321,12 +305,35 @@ class ArrowheadStage:
             return Answer(answer=records, additional=additional, cacheable=True, cache_seconds=replay, on_hit=on_hit)
         return Answer(authority=[soa], cacheable=True, cache_seconds=replay, on_hit=on_hit)  # NODATA
 
+    def _render_fallback(self, query: Query, target: _Target, providers: tuple[Provider, ...],
+                         remaining: float) -> Answer | None:
+        others = tuple(p for p in providers if p.address.rstrip(".").lower() != target.excluded)
+        if not others:
+            metrics.FALLBACKS.labels("no_provider").inc()
+            return None  # the on-demand stage's SERVFAIL stands
+        metrics.FALLBACKS.labels("answer").inc()
+        ttl = max(1, min(self.config.ttl, int(remaining)))
+        records, additional = _records(query, target, others, ttl)
+        # Not replayed by the wire layer: every query passes the on-demand
+        # stage again, so the local VM is used again once it can boot.
+        return Answer(answer=records, additional=additional, authority=[] if records else [target.soa],
+                      cacheable=False)
+
     # -- errors reach DNS as SERVFAIL
 
     @staticmethod
-    def _failed(failure: Failure) -> Answer:
-        metrics.LOOKUPS.labels("timeout" if failure.check(ArrowheadTimeoutError) else "error").inc()
+    def _unanswerable(target: _Target) -> Answer | None:
+        """The Orchestrator cannot be asked: SERVFAIL, or for a remote
+        fallback the on-demand stage's own SERVFAIL."""
+        if target.excluded is not None:
+            metrics.FALLBACKS.labels("error").inc()
+            return None
         return servfail()
+
+    @staticmethod
+    def _failed(failure: Failure, target: _Target) -> Answer | None:
+        metrics.LOOKUPS.labels("timeout" if failure.check(ArrowheadTimeoutError) else "error").inc()
+        return ArrowheadStage._unanswerable(target)
 
     def status(self) -> dict[str, Any]:
         return {

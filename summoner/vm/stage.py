@@ -5,21 +5,34 @@ cold: a Deferred firing when the probe succeeds, SERVFAIL on failure); other
 types → NODATA with the zone's SOA (records of other types that the zone kept
 are answered by the static stage before us).  Other names → None.
 
+A host whose VM cannot boot now (in back-off after failures, refused for
+capacity, libvirt unreachable, a boot that failed) gets SERVFAIL, unless the
+app wired ``remote`` (Arrowhead configured): then the SERVFAIL is tentative
+and names the service the host stands for (``Answer.remote_service``), and a
+later stage may answer with another provider of it.
+
 A replayed answer asks its service (``on_hit=Service.hit``): demand is
 recorded, and once the service is no longer READY the wire layer drops that
 answer and asks this stage again, which summons the VM anew.
 
-Tests: tests/test_wire.py (replay and re-summoning), tests/vm/test_fleet.py
+Tests: tests/test_wire.py (replay and re-summoning), tests/vm/test_fleet.py,
+tests/test_arrowhead_fallback.py (remote fallback)
 """
 
 from __future__ import annotations
 
-from dnslib import QTYPE, RR
+from collections.abc import Callable
+
+from dnslib import QTYPE, RCODE, RR
 from twisted.internet import defer
 
 from summoner.answer import Answer, Apex, Query, servfail
 from summoner.vm.fleet import Fleet
+from summoner.vm.hosts import OnDemandHost
 from summoner.vm.lifecycle import Service
+
+#: The service a host stands for elsewhere, or None: no remote fallback for it.
+RemoteService = Callable[[OnDemandHost], str | None]
 
 ADDRESS_TYPES = (QTYPE.A, QTYPE.AAAA)
 
@@ -44,8 +57,9 @@ class _Entry:
 class OnDemandStage:
     name = "on-demand"
 
-    def __init__(self, fleet: Fleet) -> None:
+    def __init__(self, fleet: Fleet, remote: RemoteService | None = None) -> None:
         self.fleet = fleet
+        self.remote = remote
         self.entries: dict[str, _Entry] = {}
         self.refresh()
 
@@ -72,13 +86,20 @@ class OnDemandStage:
             svc.touch()
             return Answer(answer=records, cacheable=True, on_hit=svc.hit)
         if ready is False:
-            return servfail()
+            return self._cannot_boot(svc)
         return ready.addCallback(self._after_wait, entry, records)
 
-    @staticmethod
-    def _after_wait(ok: bool, entry: _Entry, records: list[RR]) -> Answer:
-        if not ok:
-            return servfail()
+    def _after_wait(self, ok: bool, entry: _Entry, records: list[RR]) -> Answer:
         svc = entry.service
+        if not ok:
+            return self._cannot_boot(svc)
         svc.touch()
         return Answer(answer=records, cacheable=True, on_hit=svc.hit)
+
+    def _cannot_boot(self, svc: Service) -> Answer:
+        service = self.remote(svc.host) if self.remote is not None else None
+        if service is None:
+            return servfail()
+        host = svc.host
+        return Answer(rcode=RCODE.SERVFAIL, authoritative=False, cacheable=False, tentative=True,
+                      zone=Apex(host.zone, host.soa), remote_service=service)
