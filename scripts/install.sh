@@ -11,6 +11,8 @@ PACKAGES=(
   linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev musl-tools cpio lz4 busybox-static
   # DNS clients and reference tools used by tests and benchmarks
   bind9-utils bind9-dnsutils knot-dnsutils dnsperf nsd prometheus
+  # a real recursive resolver in front of two summoners (tests/vm/test_federation.py)
+  unbound
   # virt-xml-validate needs xmllint; the Arrowhead TLS tests write legacy keystores with openssl
   libxml2-utils openssl
   # setfacl: start-libvirt.sh lets QEMU's user reach images in a checkout under a private directory
@@ -28,7 +30,7 @@ if ((${#missing[@]})); then
   echo "installing system packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # nsd and prometheus start services on install; policy-rc.d keeps them off
+  # nsd, unbound and prometheus start services on install; policy-rc.d keeps them off
   # (the benchmark starts its own NSD on loopback, prometheus is only for promtool).
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   trap 'rm -f /usr/sbin/policy-rc.d' EXIT
