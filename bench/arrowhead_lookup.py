@@ -16,7 +16,12 @@ for the static and cached ones (so "cached" really is a cache hit and
 per kind and the overhead summoner adds to an uncached lookup (uncached p50 -
 double p50).  Targets: cached as fast as static, overhead <= 5 ms p50.
 
-    .venv/bin/python bench/arrowhead_lookup.py [-n 200]
+Then the federation rows (bench/federation.py): a cold query for a service on
+a second summoner A made through summoner B against the same query made to A
+directly, ``--federation-rounds`` pairs (0 skips them; they need libvirtd and
+the built images).  Target: B adds at most 5 ms p50.
+
+    .venv/bin/python bench/arrowhead_lookup.py [-n 200] [--federation-rounds 5]
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from dnslib import DNSRecord
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import federation  # noqa: E402
 from tests.arrowhead_double import DoubleProcess  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
@@ -111,6 +117,8 @@ def direct_latencies(double: DoubleProcess, n: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=200, help="queries per kind (default 200)")
+    parser.add_argument("--federation-rounds", type=int, default=5,
+                        help="cold queries per path in the federation rows (default 5; 0 skips them)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="arrowhead-bench-"))
     double = DoubleProcess(work / "pki").start()
@@ -166,6 +174,12 @@ def main() -> None:
         overhead = statistics.median(uncached) - statistics.median(direct)
         print(f"added latency over the double's own response, p50: {overhead * 1000:.3f} ms "
               f"(includes the DNS round trip, static p50 {statistics.median(static) * 1000:.3f} ms)")
+        if args.federation_rounds > 0:
+            if not federation.libvirt_ready():
+                raise RuntimeError("the federation rows need libvirtd: run scripts/start-libvirt.sh "
+                                   "(or --federation-rounds 0)")
+            for line in federation.report(federation.federation_row(double, work, args.federation_rounds)):
+                print(line)
     finally:
         if summoner is not None:
             summoner.terminate()
