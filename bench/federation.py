@@ -25,6 +25,7 @@ from tests.arrowhead_double import DoubleProcess
 from tests.conftest import free_port
 
 HOST = "hello.fed.test"
+PREFIX = "summoner-fedbench-"
 ADDRESS = "127.0.0.33"
 ZONE = f"""$ORIGIN fed.test.
 $TTL 300
@@ -91,7 +92,10 @@ def federation_row(double: DoubleProcess, work: Path, rounds: int) -> Samples:
     (a_dir / "zones" / "fed.test.zone").write_text(ZONE)
     (b_dir / "zones").mkdir(parents=True)
     a_port, a_admin, b_port, b_admin = free_port(), free_port(), free_port(), free_port()
+    # Its own domain prefix: a summoner of the default prefix on this libvirtd
+    # (a test run, an operator's) would otherwise destroy its VMs as "removed".
     a = start_summoner(a_dir / "summoner.log", a_port, a_admin, "qemu", "--no-metrics", "--no-snapshot-boot",
+                       "--domain-prefix", PREFIX,
                        "--arrowhead-registry", double.http, "--arrowhead-system-name", "summoner-a")
     b = start_summoner(b_dir / "summoner.log", b_port, b_admin, "qemu", "--no-metrics", "--no-on-demand",
                        "--no-arrowhead-publish", "--arrowhead-orchestrator", double.http, "--arrowhead-registry",
@@ -123,6 +127,7 @@ def federation_row(double: DoubleProcess, work: Path, rounds: int) -> Samples:
         raise RuntimeError(f"{exc}; A's log ends:\n" + "\n".join(log)) from exc
     finally:
         stop_summoner(a[0], a[1], HOST)
+        subprocess.run(["virsh", "-c", "qemu:///system", "destroy", PREFIX + HOST], capture_output=True)
         b[0].terminate()
         b[0].wait(10)
         b[1].close()

@@ -103,7 +103,10 @@ def federation(od_server, arrowhead_double, tmp_path) -> Iterator:
         zones = tmp_path / "b-zones"
         zones.mkdir()
         (zones / "b.test.zone").write_text(B_ZONE.format(extra=b_extra))
+        # Two summoners on one libvirtd: each its own domain prefix, or each
+        # one's reconciliation would destroy the other's VMs as "removed".
         b = launch(tmp_path, zones, "--virt-type", "qemu", "--state-dir", str(tmp_path / "b-state"),
+                   "--domain-prefix", "summoner-b-",
                    *IMAGE_DIRS, *arrowhead_flags(double, B_SYSTEM), server_class=ODServer)
         started.append(b)
         wait_until_answering(b)
