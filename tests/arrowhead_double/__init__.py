@@ -128,3 +128,45 @@ class DoubleProcess:
             "interfaceIds": [known[i.upper()] for i in interfaces]})
         assert response.status_code == 201, response.text
         return response.json()
+
+    # -- Gatekeeper mode (gatekeeper.py)
+
+    def own_cloud(self) -> dict[str, Any]:
+        """This cloud's row of its Gatekeeper's cloud table (CloudResponseDTO)."""
+        return next(c for c in self.control("state")["clouds"] if c["ownCloud"])
+
+    def cloud_id(self, other: DoubleProcess) -> int:
+        """The id ``other``'s cloud has in this cloud's Gatekeeper."""
+        own = other.own_cloud()
+        for row in self.mgmt("/gatekeeper/mgmt/clouds"):
+            if (row["operator"], row["name"]) == (own["operator"], own["name"]):
+                return int(row["id"])
+        raise AssertionError(f"cloud {own['name']} is not registered here: join the clouds first")
+
+    def authorize_cloud(self, cloud: DoubleProcess, provider: Consumer, service: str,
+                        interfaces: tuple[str, ...] = ("HTTP-INSECURE-JSON",)) -> dict[str, Any]:
+        """POST /authorization/mgmt/intercloud: ``cloud`` may consume this
+        cloud's ``provider`` (name, address, port) for ``service``."""
+        definitions = {d["serviceDefinition"]: d["id"] for d in self.mgmt("/serviceregistry/mgmt/services")}
+        known = {i["interfaceName"]: i["id"] for i in self.mgmt("/serviceregistry/mgmt/interfaces")}
+        response = requests.post(f"{self.http}/authorization/mgmt/intercloud", timeout=5, json={
+            "cloudId": self.cloud_id(cloud), "providerIdList": [self.system_id(provider)],
+            "serviceDefinitionIdList": [definitions[service.lower()]],
+            "interfaceIdList": [known[i.upper()] for i in interfaces]})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+
+def join_clouds(first: DoubleProcess, second: DoubleProcess) -> None:
+    """Make two double clouds neighbours, as their operators would: each
+    registers the other in its Gatekeeper (``POST /gatekeeper/mgmt/clouds``),
+    learns the URL standing in for the relay to it, and its Orchestrator runs
+    with a Gatekeeper."""
+    for here, there in ((first, second), (second, first)):
+        cloud = there.own_cloud()
+        response = requests.post(f"{here.http}/gatekeeper/mgmt/clouds", timeout=5, json=[{
+            "operator": cloud["operator"], "name": cloud["name"], "secure": False, "neighbor": True,
+            "authenticationInfo": None, "gatekeeperRelayIds": [], "gatewayRelayIds": []}])
+        assert response.status_code == 201, response.text
+        here.control("relay", {"operator": cloud["operator"], "name": cloud["name"], "url": there.http})
+        here.control("knobs", {"gatekeeper_is_present": True})
