@@ -293,13 +293,7 @@ class Double:
     def orchestration(self, body: Any, args: dict[str, str], cn: str | None) -> Any:
         if not isinstance(body, dict):
             raise SpringError()
-        requester = body.get("requesterSystem")
-        if requester is None:
-            raise CoreError("Requester system is null.")
-        check_system(requester, "Requester system")
-        if cn is not None and requester["systemName"].lower() != cn.split(".", 1)[0].lower():
-            raise CoreError(f"Requester system name({requester['systemName']}) and client name from "
-                                     f"certificate ({cn.split('.', 1)[0]}) do not match!", "AUTH", 401)
+        _check_requester(body.get("requesterSystem"), cn)
         flags = {name: bool((body.get("orchestrationFlags") or {}).get(name, False)) for name in FLAG_NAMES}
         service = body.get("requestedService")
         if service is None and (flags["overrideStore"] or flags["triggerInterCloud"]):
@@ -321,14 +315,7 @@ class Double:
         if flags["onlyPreferred"] and not any(p.get("providerCloud") is None for p in preferred):
             raise CoreError('There is no valid preferred provider, but "onlyPreferred" is set to true')
         if not flags["overrideStore"]:
-            # Store orchestration: this double holds no store entries.
-            if service is not None:
-                interfaces = service.get("interfaceRequirements") or []
-                if not interfaces or not str(interfaces[0]).strip():
-                    raise CoreError("InterfaceRequirement  is null or blank.")
-                if len(interfaces) > 1:
-                    raise CoreError("Only one interface requirement is allowed in store orchestration.")
-            return 200, {"response": []}
+            return _store_orchestration(service)
         if not str(service.get("serviceDefinitionRequirement") or "").strip():
             raise CoreError("Service definition requirement is null or blank")
         # The pingProviders *flag* overwrites the form's own field, and
@@ -417,6 +404,26 @@ class Double:
         if (body or {}).get("registry"):
             self.gatekeeper.reset()
         return 200, {}
+
+
+def _check_requester(requester: Any, cn: str | None) -> None:
+    if requester is None:
+        raise CoreError("Requester system is null.")
+    check_system(requester, "Requester system")
+    if cn is not None and requester["systemName"].lower() != cn.split(".", 1)[0].lower():
+        raise CoreError(f"Requester system name({requester['systemName']}) and client name from "
+                        f"certificate ({cn.split('.', 1)[0]}) do not match!", "AUTH", 401)
+
+
+def _store_orchestration(service: dict[str, Any] | None) -> tuple[int, Any]:
+    """Store orchestration: this double holds no store entries."""
+    if service is not None:
+        interfaces = service.get("interfaceRequirements") or []
+        if not interfaces or not str(interfaces[0]).strip():
+            raise CoreError("InterfaceRequirement  is null or blank.")
+        if len(interfaces) > 1:
+            raise CoreError("Only one interface requirement is allowed in store orchestration.")
+    return 200, {"response": []}
 
 
 def _address_ok(address: str, flags: dict[str, bool]) -> bool:
