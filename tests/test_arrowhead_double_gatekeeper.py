@@ -5,7 +5,6 @@ each as core-java-spring 4.6.2 has it (see tests/arrowhead_double/gatekeeper.py)
 from __future__ import annotations
 
 import socket
-import threading
 import time
 
 import pytest
@@ -15,7 +14,6 @@ from tests.arrowhead_double import SUMMONER
 from tests.arrowhead_double.fixtures import wait_for
 
 RULES = "/authorization/mgmt/intercloud"
-PROVIDER = ("provider", "127.0.0.1", 0)  # port: the echo server's
 SERVICE = {"serviceDefinitionRequirement": "temperature", "interfaceRequirements": ["HTTP-INSECURE-JSON"]}
 
 
@@ -36,33 +34,13 @@ def orchestrate(double, *, intercloud: bool = True, trigger: bool = False, match
 
 
 @pytest.fixture
-def echo():
-    """A TCP echo server on loopback: the provider behind the gateway."""
-    server = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            with conn:
-                while data := conn.recv(4096):
-                    conn.sendall(data)
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield server.getsockname()[1]
-    server.close()
-
-
-@pytest.fixture
-def provided(clouds, echo):
+def provided(clouds, echo_server):
     """cloud1 provides temperature (no rules yet); summoner's system is in cloud2."""
     cloud1, cloud2 = clouds
-    response = cloud1.register_provider("temperature", "127.0.0.1", echo, authorize=None)
+    response = cloud1.register_provider("temperature", "127.0.0.1", echo_server, authorize=None)
     assert response.status_code == 201, response.text
     register_requester(cloud2)
-    return cloud1, cloud2, ("provider", "127.0.0.1", echo)
+    return cloud1, cloud2, ("provider", "127.0.0.1", echo_server)
 
 
 def test_no_gatekeeper_mode_refuses_inter_cloud_as_upstream(arrowhead_double):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -66,6 +68,27 @@ def clouds(cloud_processes: tuple[DoubleProcess, DoubleProcess]) -> tuple[Double
         double.control("reset", {"registry": True})
     join_clouds(*cloud_processes)
     return cloud_processes
+
+
+@pytest.fixture
+def echo_server() -> Iterator[int]:
+    """A TCP echo server on loopback (its port): a provider that shows bytes
+    got through, e.g. through the double's Gateway."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                while data := conn.recv(4096):
+                    conn.sendall(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield server.getsockname()[1]
+    server.close()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
