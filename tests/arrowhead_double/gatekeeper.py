@@ -17,8 +17,9 @@ GATEKEEPER mode):
 3. inter-cloud negotiation, ``POST /gatekeeper/init_icn``:
    ``ICNRequestFormDTO`` → ``ICNResultDTO`` (``response``: a list of
    ``OrchestrationResultDTO``);
-4. every result gets the warning ``FROM_OTHER_CLOUD``; with matchmaking, one
-   is picked.
+4. every result gets the warning ``FROM_OTHER_CLOUD``; with matchmaking, the
+   first is picked (DefaultInterCloudProviderMatchmaker, without preferred
+   providers).
 
 The provider side answers the two relay messages (``gsd_poll``,
 ``icn_proposal``) upstream carries over ActiveMQ; the double carries them over
@@ -174,8 +175,8 @@ class Gatekeeper:
         for result in results:  # updateOrchestrationResultWarningWithForeignWarning
             if "FROM_OTHER_CLOUD" not in result["warnings"]:
                 result["warnings"].append("FROM_OTHER_CLOUD")
-        if flags["matchmaking"] and results:
-            results = [random.choice(results)]
+        if flags["matchmaking"]:
+            results = results[:1]  # DefaultInterCloudProviderMatchmaker: no preferred one, the first
         return 200, {"response": results}
 
     # -- requester side: GSD and ICN
@@ -332,7 +333,8 @@ class Gatekeeper:
             return 200, _empty_proposal()
         if not mandatory:
             return 200, {**_empty_proposal(), "response": results}
-        selected = random.choice(results)  # one provider: a gateway connection is expensive
+        # one provider, a gateway connection being expensive: RandomICNProviderMatchmaker
+        selected = random.choice(results)
         return 200, {"response": [selected], "useGateway": True, "relay": {**RELAY, "id": 1},
                      "connectionInfo": self.gateway.connect_provider(requester)}
 
