@@ -117,15 +117,19 @@ class DoubleProcess:
         raise AssertionError(f"system {name} ({address}:{port}) is not registered in the double: register it "
                              "(summoner does at start: wait for its registration) before authorizing it")
 
+    def ids(self, service: str, interfaces: tuple[str, ...]) -> tuple[int, list[int]]:
+        """The ids of a service definition and of interfaces, from the registry's management lookups."""
+        definitions = {d["serviceDefinition"]: d["id"] for d in self.mgmt("/serviceregistry/mgmt/services")}
+        known = {i["interfaceName"]: i["id"] for i in self.mgmt("/serviceregistry/mgmt/interfaces")}
+        return definitions[service.lower()], [known[i.upper()] for i in interfaces]
+
     def authorize(self, consumer: Consumer, provider: Consumer, service: str,
                   interfaces: tuple[str, ...] = ("HTTP-INSECURE-JSON",)) -> dict[str, Any]:
         """POST /authorization/mgmt/intracloud for consumer → provider, service, interfaces."""
-        definitions = {d["serviceDefinition"]: d["id"] for d in self.mgmt("/serviceregistry/mgmt/services")}
-        known = {i["interfaceName"]: i["id"] for i in self.mgmt("/serviceregistry/mgmt/interfaces")}
+        service_id, interface_ids = self.ids(service, interfaces)
         response = requests.post(f"{self.http}/authorization/mgmt/intracloud", timeout=5, json={
             "consumerId": self.system_id(consumer), "providerIds": [self.system_id(provider)],
-            "serviceDefinitionIds": [definitions[service.lower()]],
-            "interfaceIds": [known[i.upper()] for i in interfaces]})
+            "serviceDefinitionIds": [service_id], "interfaceIds": interface_ids})
         assert response.status_code == 201, response.text
         return response.json()
 
@@ -147,12 +151,10 @@ class DoubleProcess:
                         interfaces: tuple[str, ...] = ("HTTP-INSECURE-JSON",)) -> dict[str, Any]:
         """POST /authorization/mgmt/intercloud: ``cloud`` may consume this
         cloud's ``provider`` (name, address, port) for ``service``."""
-        definitions = {d["serviceDefinition"]: d["id"] for d in self.mgmt("/serviceregistry/mgmt/services")}
-        known = {i["interfaceName"]: i["id"] for i in self.mgmt("/serviceregistry/mgmt/interfaces")}
+        service_id, interface_ids = self.ids(service, interfaces)
         response = requests.post(f"{self.http}/authorization/mgmt/intercloud", timeout=5, json={
             "cloudId": self.cloud_id(cloud), "providerIdList": [self.system_id(provider)],
-            "serviceDefinitionIdList": [definitions[service.lower()]],
-            "interfaceIdList": [known[i.upper()] for i in interfaces]})
+            "serviceDefinitionIdList": [service_id], "interfaceIdList": interface_ids})
         assert response.status_code == 201, response.text
         return response.json()
 

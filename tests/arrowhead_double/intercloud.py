@@ -21,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tests.arrowhead_double.core import CoreError, State, now, page, system_response
+from tests.arrowhead_double.authorization import RuleStore, expand, id_sets, narrowed
+from tests.arrowhead_double.core import CoreError, State, now, system_response
 
 MGMT = "/authorization/mgmt/intercloud"
 
@@ -39,50 +40,32 @@ def rule_response(rule: dict[str, Any]) -> dict[str, Any]:
             "createdAt": rule["createdAt"], "updatedAt": rule["updatedAt"]}
 
 
-class InterCloudAuthorization:
+class InterCloudAuthorization(RuleStore):
     """``cloud_by_id``: the Gatekeeper's cloud table (Authorization shares
     the database with it upstream)."""
 
+    entity = "AuthorizationInterCloud"
+    mgmt = MGMT
+
     def __init__(self, state: State, cloud_by_id: Callable[[int], dict[str, Any] | None]) -> None:
+        super().__init__([])
         self.state = state
-        self.rules: list[dict[str, Any]] = []
         self._cloud_by_id = cloud_by_id
 
     def reset(self) -> None:
         self.rules.clear()
 
-    # -- management
+    def response(self, rule: dict[str, Any]) -> dict[str, Any]:
+        return rule_response(rule)
 
-    def list(self, body: Any, args: dict[str, str], cn: str | None) -> tuple[int, Any]:
-        return 200, page([rule_response(r) for r in self.rules], args, MGMT)
-
-    def get(self, body: Any, args: dict[str, str], cn: str | None) -> tuple[int, Any]:
-        return 200, rule_response(self._rule(args))
-
-    def delete(self, body: Any, args: dict[str, str], cn: str | None) -> tuple[int, Any]:
-        self.rules.remove(self._rule(args))
-        return 200, None
-
-    def _rule(self, args: dict[str, str]) -> dict[str, Any]:
-        ident = int(args["id"])
-        if ident < 1:
-            raise CoreError("Id must be greater than 0.", origin=MGMT + "/{id}")
-        for rule in self.rules:
-            if rule["id"] == ident:
-                return rule
-        raise CoreError(f"AuthorizationInterCloud with id of '{ident}' not exists", "INVALID_PARAMETER")
+    # -- management (list, get, delete: RuleStore's)
 
     def add(self, body: Any, args: dict[str, str], cn: str | None) -> tuple[int, Any]:
         cloud_id, providers, services, interfaces = _checked_request(body if isinstance(body, dict) else {})
         cloud = self._cloud_by_id(cloud_id)
         if cloud is None:
             raise CoreError(f"Cloud with id of {cloud_id} not exists", "INVALID_PARAMETER")
-        if len(providers) <= len(services) and len(services) >= len(interfaces):
-            # one provider, one or more services, one interface
-            wanted = [(providers[0], service, interfaces[:1]) for service in services]
-        else:
-            # one service, one or more providers and interfaces
-            wanted = [(provider, services[0], interfaces) for provider in providers]
+        wanted = expand(providers, services, interfaces)
         created = [rule for rule in (self._create(cloud, *item) for item in wanted) if rule is not None]
         return 201, {"data": [rule_response(r) for r in created], "count": len(created)}
 
@@ -126,10 +109,7 @@ class InterCloudAuthorization:
             for rule in self.rules:
                 if (rule["cloud"] is cloud and rule["provider"]["id"] == entry["provider"]["id"]
                         and rule["serviceDefinition"]["id"] == entry[service_key]["id"]):
-                    allowed = {i["id"] for i in rule["interfaces"]}
-                    interfaces = [i for i in entry["interfaces"] if i["id"] in allowed]
-                    if interfaces:
-                        out.append({**entry, "interfaces": interfaces})
+                    out.extend(narrowed(entry, rule))
         return out
 
 
@@ -145,17 +125,6 @@ def _checked_request(body: dict[str, Any]) -> tuple[int, list[int], list[int], l
         (not lists[2], " InterfaceList is null or blank,")) if bad]
     if reasons:
         raise CoreError("".join(reasons)[:-1].strip(), origin=MGMT)
-    if len(lists[0]) > 1 and len(lists[1]) > 1:
-        raise CoreError("providerId list or serviceDefinitionId list should contain only one element, but both "
-                        "contain more", origin=MGMT)
-    if len(lists[1]) > 1 and len(lists[2]) > 1:
-        raise CoreError("serviceDefinitionId list or interfaceId list should contain only one element, but both "
-                        "contain more", origin=MGMT)
-    # Invalid ids are dropped (only logged upstream); sets, in request order here.
-    providers, services, interfaces = (list(dict.fromkeys(i for i in ids if isinstance(i, int) and i > 0))
-                                       for ids in lists)
-    for ids, name in ((providers, "providerId"), (services, "serviceDefinitionId"), (interfaces, "interfaceId")):
-        if not ids:
-            raise CoreError(f"{name} list is empty", "INVALID_PARAMETER")
+    providers, services, interfaces = id_sets(lists, ("providerId", "serviceDefinitionId", "interfaceId"), MGMT)
     assert isinstance(cloud, int)
     return cloud, providers, services, interfaces
