@@ -1,8 +1,10 @@
 """Inter-cloud resolution end to end: ``summoner serve`` B in double cloud 2
 with ``--arrowhead-intercloud`` resolves a service whose provider is in
 double cloud 1, through the two clouds' Gatekeepers (GSD, then ICN), with
-real DNS clients -- directly, and through cloud 2's Gateway (VIA_GATEWAY:
-the session's port, and answers that do not outlive the session)."""
+real DNS clients -- directly, through cloud 2's Gateway (VIA_GATEWAY: the
+session's port, and answers that do not outlive the session), and for a host
+that summoner A publishes in cloud 1 (no VM boots here: tests/vm/ is where
+connections summon VMs)."""
 
 from __future__ import annotations
 
@@ -14,15 +16,19 @@ import dns.rdatatype
 import pytest
 
 from tests.arrowhead_double.fixtures import wait_for
-from tests.conftest import EXAMPLE_ZONES
+from tests.conftest import EXAMPLE_ZONES, ROOT
 
 SESSION = 3  # seconds: the double Gateway's timeouts and summoner's --arrowhead-gateway-session
+# No libvirt: these summoners never boot, and must not adopt the VMs of a
+# libvirtd this machine may run for other tests.
+NO_LIBVIRT = ("--libvirt-uri", "qemu+unix:///system?socket=/nonexistent/no-libvirtd-here", "--virt-type", "qemu")
 
 
-def serve_in(start_server, cloud, *extra: str):
+def serve_in(start_server, cloud, *extra: str, zones=EXAMPLE_ZONES):
     """summoner B, a system of ``cloud``, its own registration done."""
-    server = start_server(EXAMPLE_ZONES, "--arrowhead-orchestrator", cloud.http, "--arrowhead-registry", cloud.http,
-                          "--arrowhead-domain", "ah.test", "--arrowhead-deadline", "5", *extra)
+    server = start_server(zones, *NO_LIBVIRT, "--arrowhead-orchestrator", cloud.http,
+                          "--arrowhead-registry", cloud.http, "--arrowhead-domain", "ah.test",
+                          "--arrowhead-deadline", "5", *extra)
     wait_for(lambda: any(s["systemName"] == "summoner" for s in cloud.control("state")["systems"]),
              what="summoner's system registration")
     return server
@@ -98,3 +104,23 @@ def test_via_gateway_srv_carries_the_session_port_and_outlives_no_session(start_
     assert cloud2.counters()["orchestration"] == 2
     [fresh] = [s for s in cloud2.mgmt("/gateway/mgmt/sessions") if s["queueId"] != session["queueId"]]
     assert [rr.port for rr in rrs(again.answer, "SRV")] == [fresh["consumerServerSocketPort"]]
+
+
+def test_summoner_b_in_cloud2_finds_the_host_summoner_a_publishes_in_cloud1(start_server, clouds):
+    cloud1, cloud2 = clouds
+    serve_in(start_server, cloud1)  # summoner A: example.org, hello on demand, published in cloud 1
+    [hello] = wait_for(lambda: [e for e in cloud1.control("state")["entries"]
+                                if e["provider"]["address"] == "hello.example.org"],
+                       what="A's registration of hello.example.org")
+    published = (hello["provider"]["systemName"], "hello.example.org", hello["provider"]["port"])
+    # B serves another zone; hello is not its own
+    b = serve_in(start_server, cloud2, "--arrowhead-intercloud", "--arrowhead-ttl", "2",
+                 zones=ROOT / "tests" / "zones" / "good")
+    assert b.query("hello.ah.test", "A").rcode() == dns.rcode.NXDOMAIN
+    cloud1.authorize_cloud(cloud2, published, "hello")
+    response = wait_for(lambda: (r := b.query("hello.ah.test", "A")).rcode() == dns.rcode.NOERROR and r,
+                        timeout=6, what="A's host to resolve through B once cloud 1 has the rule")
+    # a host-name provider: B's answer sends the client to A's name, whose DNS summons the VM
+    assert [str(rr.target) for rr in rrs(response.answer, "CNAME")] == ["hello.example.org."]
+    srv = b.query("_hello._tcp.ah.test", "SRV")
+    assert [(rr.port, str(rr.target)) for rr in rrs(srv.answer, "SRV")] == [(published[2], "hello.example.org.")]
