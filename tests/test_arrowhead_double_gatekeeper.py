@@ -137,3 +137,23 @@ def test_gateway_mode_a_session_port_that_forwards_then_times_out(provided):
     orchestrate(cloud2)
     assert len(cloud2.mgmt("/gateway/mgmt/sessions")) == 1
     wait_for(lambda: cloud2.mgmt("/gateway/mgmt/sessions") == [], timeout=5, what="the unused session to close")
+
+
+def test_gatekeeper_errors_as_upstream(provided):
+    cloud1, cloud2, _ = provided
+    name, address, port = SUMMONER
+    unknown = requests.post(f"{cloud2.http}/gatekeeper/init_icn", timeout=5, json={
+        "requestedService": SERVICE, "targetCloudId": 999,
+        "requesterSystem": {"systemName": name, "address": address, "port": port}})
+    assert (unknown.status_code, unknown.json()["errorMessage"]) == (400, "Cloud with id '999' not exists")
+    again = requests.post(f"{cloud2.http}/gatekeeper/mgmt/clouds", timeout=5,
+                          json=[{"operator": "aitia", "name": "cloud1", "neighbor": True}])
+    assert again.status_code == 400 and "uinque constraint violation" in again.json()["errorMessage"]
+    # a cloud with no neighbours: the GSD, and so the orchestration, fails with upstream's 400
+    cloud2.control("reset", {"registry": True})
+    cloud2.control("knobs", {"gatekeeper_is_present": True})
+    register_requester(cloud2)
+    lonely = orchestrate(cloud2)
+    assert lonely.status_code == 400
+    assert lonely.json()["errorMessage"] == ("initGSDPoll failed: Neither preferred clouds were given, nor neighbor "
+                                             "clouds registered")

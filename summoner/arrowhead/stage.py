@@ -11,7 +11,13 @@ names inside a served zone (with ``zone_names``) reach this stage as an
 earlier stage's tentative NXDOMAIN, whose zone (``Answer.zone``) gives the
 SOA: this stage never looks zones up itself.
 
-Tests: tests/test_arrowhead_dns.py, tests/test_arrowhead_publish.py
+Results from another cloud (``--arrowhead-intercloud``, warning
+FROM_OTHER_CLOUD) are answered like local ones; one that arrives VIA_GATEWAY
+points at this cloud's Gateway and a session port, so its cache entry (and
+every TTL) lives no longer than ``--arrowhead-gateway-session``
+(``records.py`` says how its port reaches the client).
+
+Tests: tests/test_arrowhead_dns.py, tests/test_arrowhead_publish.py, tests/test_arrowhead_intercloud.py
 """
 
 from __future__ import annotations

@@ -142,14 +142,18 @@ class Gatekeeper:
     def register_clouds(self, body: Any, args: dict[str, str], cn: str | None) -> tuple[int, Any]:
         if not isinstance(body, list) or not body:
             raise CoreError("List of CloudRequestDTO is empty", origin=CLOUDS)
-        for dto in body:
-            if not isinstance(dto, dict) or not str(dto.get("operator") or "").strip():
-                raise CoreError("Cloud operator is null or empty", origin=CLOUDS)
-            if not str(dto.get("name") or "").strip():
-                raise CoreError("Cloud name is null or empty", origin=CLOUDS)
+        for dto in body:  # GatekeeperController.validateCloudRequestDTO (the CN format check left out)
+            if not isinstance(dto, dict):
+                raise CoreError("CloudRequestDTO is empty", origin=CLOUDS)
+            reasons = [r for bad, r in ((not str(dto.get("operator") or "").strip(), " operator is empty,"),
+                                        (not str(dto.get("name") or "").strip(), " name is empty,")) if bad]
+            if reasons:
+                raise CoreError("CloudRequestDTO is invalid due to the following reasons:" + "".join(reasons)[:-1],
+                                origin=CLOUDS)
+        for dto in body:  # GatekeeperDBService.registerBulkCloudsWithRelays
             if self.cloud_named(dto) is not None:
-                raise CoreError(f"Cloud with operator {dto['operator']} and name {dto['name']} already exists",
-                                "INVALID_PARAMETER")
+                raise CoreError("List of CloudRequestDTO contains uinque constraint violation: "
+                                f"{dto['operator']} operator with {dto['name']} name", "INVALID_PARAMETER")
         created = [_with_relays(self._add_cloud(dto)) for dto in body]
         return 201, {"data": created, "count": len(created)}
 
@@ -186,8 +190,10 @@ class Gatekeeper:
 
     @defer.inlineCallbacks
     def init_gsd_form(self, form: Any) -> Any:
-        if not isinstance(form, dict) or not isinstance(form.get("requestedService"), dict):
-            raise CoreError("requestedService is null.", origin="/gatekeeper/init_gsd")
+        if not isinstance(form, dict):
+            raise CoreError("GSDQueryFormDTO is null", origin="/gatekeeper/init_gsd")
+        if not isinstance(form.get("requestedService"), dict):
+            raise CoreError("RequestedService is null", origin="/gatekeeper/init_gsd")
         if not str(form["requestedService"].get("serviceDefinitionRequirement") or "").strip():
             raise CoreError("serviceDefinitionRequirement is empty", origin="/gatekeeper/init_gsd")
         if form.get("preferredClouds"):
@@ -223,13 +229,20 @@ class Gatekeeper:
 
     @defer.inlineCallbacks
     def init_icn_form(self, form: Any) -> Any:
-        if not isinstance(form, dict) or not isinstance(form.get("requestedService"), dict):
-            raise CoreError("Requested service is null", "INVALID_PARAMETER")
+        # GatekeeperController.validateICNRequestFormDTO, then getCloudById
+        origin = "/gatekeeper/init_icn"
+        if not isinstance(form, dict):
+            raise CoreError("ICN form is null", origin=origin)
+        if not isinstance(form.get("requestedService"), dict):
+            raise CoreError("Requested service is null", origin=origin)
         if not str(form["requestedService"].get("serviceDefinitionRequirement") or "").strip():
-            raise CoreError("Requested service definition is null or blank", "INVALID_PARAMETER")
-        target = self.cloud_by_id(form.get("targetCloudId") or 0)
+            raise CoreError("Requested service definition is null or blank", origin=origin)
+        ident = form.get("targetCloudId")
+        if not isinstance(ident, int) or ident < 1:
+            raise CoreError(f"Invalid id: {ident}", origin=origin)
+        target = self.cloud_by_id(ident)
         if target is None:
-            raise CoreError(f"Cloud with id {form.get('targetCloudId')} not exists", "INVALID_PARAMETER")
+            raise CoreError(f"Cloud with id '{ident}' not exists", "INVALID_PARAMETER")
         present = bool(self.state.knobs["gateway_is_present"])
         proposal = {"requestedService": form["requestedService"], "requesterCloud": self.own_request(),
                     "requesterSystem": form.get("requesterSystem"),
