@@ -68,7 +68,9 @@ GSD_POLL = "/gatekeeper/relay/gsd_poll"
 ICN_PROPOSAL = "/gatekeeper/relay/icn_proposal"
 CLOUDS = "/gatekeeper/mgmt/clouds"
 # The relay a gateway session would use; a marker, nothing listens there.
-RELAY = {"address": "127.0.0.1", "port": 61616, "secure": False, "exclusive": False, "type": "GATEWAY_RELAY"}
+# RelayRequestDTO; as RelayResponseDTO it also has id, createdAt, updatedAt.
+RELAY = {"address": "127.0.0.1", "port": 61616, "authenticationInfo": None, "secure": False, "exclusive": False,
+         "type": "GATEWAY_RELAY"}
 
 
 def _empty_poll() -> dict[str, Any]:
@@ -348,7 +350,8 @@ class Gatekeeper:
             return 200, {**_empty_proposal(), "response": results}
         # one provider, a gateway connection being expensive: RandomICNProviderMatchmaker
         selected = random.choice(results)
-        return 200, {"response": [selected], "useGateway": True, "relay": {**RELAY, "id": 1},
+        relay = {"id": 1, **RELAY, "createdAt": now(), "updatedAt": now()}
+        return 200, {"response": [selected], "useGateway": True, "relay": relay,
                      "connectionInfo": self.gateway.connect_provider(requester)}
 
 
