@@ -160,6 +160,16 @@ class Provider:
     warnings: tuple[str, ...]
 
     @property
+    def via_gateway(self) -> bool:
+        """Another cloud's provider, reached through this cloud's Gateway:
+        ``address`` and ``port`` are the Gateway's and its session's."""
+        return "VIA_GATEWAY" in self.warnings
+
+    @property
+    def from_other_cloud(self) -> bool:
+        return "FROM_OTHER_CLOUD" in self.warnings
+
+    @property
     def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         try:
             return ipaddress.ip_address(self.address)

@@ -73,6 +73,11 @@ class ArrowheadConfig:
     intercloud: bool = False
     metadata_search: bool | None = None  # None: on exactly when a mapping asks for metadata
     ttl: int = 30
+    # How long a Gateway session port stays usable for a new client: upstream's
+    # gateway_socket_timeout (30000 ms), the SO_TIMEOUT of the session's server
+    # socket, after which an unused session is closed (its
+    # inactive_gateway_bridge_timeout, 60 s, only counts once connected).
+    gateway_session: int = 30
     deadline: float = 2.0
     circuit_threshold: int = 3
     circuit_cooldown: float = 10.0
@@ -139,6 +144,10 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
              "Orchestrator discards them otherwise)")
     add("--arrowhead-ttl", metavar="SECONDS", type=int, default=d.ttl,
         help="lifetime of a cached orchestration result; answer TTLs count down from it (default %(default)s)")
+    add("--arrowhead-gateway-session", metavar="SECONDS", type=int, default=d.gateway_session,
+        help="lifetime of a result that arrives VIA_GATEWAY (another cloud's provider through this cloud's "
+             "Gateway, on a per-session port): its cache entry and TTLs never outlive it; set it to the "
+             "Gateway's gateway_socket_timeout in seconds (default %(default)s, upstream's default)")
     add("--arrowhead-deadline", metavar="SECONDS", type=float, default=d.deadline,
         help="answer SERVFAIL when the Orchestrator has not answered within this time (default %(default)s)")
     add("--arrowhead-circuit-threshold", metavar="N", type=int, default=d.circuit_threshold,
@@ -191,6 +200,7 @@ def config_from_args(args: argparse.Namespace) -> ArrowheadConfig | None:
                              security=_security(args.arrowhead_security) or DNS_SECURITY)
     mappings = [default] + [_mapping(spec, default) for spec in args.arrowhead_map]
     for number, value in (("--arrowhead-ttl", args.arrowhead_ttl), ("--arrowhead-deadline", args.arrowhead_deadline),
+                          ("--arrowhead-gateway-session", args.arrowhead_gateway_session),
                           ("--arrowhead-circuit-threshold", args.arrowhead_circuit_threshold)):
         if value <= 0:
             raise ArrowheadConfigError(f"{number} must be positive")
@@ -201,6 +211,7 @@ def config_from_args(args: argparse.Namespace) -> ArrowheadConfig | None:
         mappings=tuple(mappings), matchmaking=args.arrowhead_matchmaking,
         ping_providers=args.arrowhead_ping_providers, intercloud=args.arrowhead_intercloud,
         metadata_search=args.arrowhead_metadata_search, ttl=args.arrowhead_ttl, deadline=args.arrowhead_deadline,
+        gateway_session=args.arrowhead_gateway_session,
         circuit_threshold=args.arrowhead_circuit_threshold, circuit_cooldown=args.arrowhead_circuit_cooldown,
         publish=args.arrowhead_publish and registry is not None,
         publish_interfaces=_interfaces(args.arrowhead_publish_interface) or ArrowheadConfig.publish_interfaces,

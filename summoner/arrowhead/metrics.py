@@ -27,6 +27,11 @@ FALLBACKS = Counter(
     "Queries for an on-demand host whose VM could not boot, sent to another provider of its service",
     ["result"],  # answer | no_provider | error
 )
+INTERCLOUD = Counter(
+    "summoner_arrowhead_intercloud_results_total",
+    "Orchestration results from another cloud (FROM_OTHER_CLOUD), by how the provider is reached",
+    ["route"],  # direct | gateway (VIA_GATEWAY: the Gateway's session port)
+)
 REGISTRATIONS = Counter(
     "summoner_arrowhead_registrations_total",
     "Service Registry operations by outcome",
@@ -39,5 +44,7 @@ for _result in ("answer", "nxdomain", "timeout", "error", "circuit_open", "overl
     LOOKUPS.labels(_result)
 for _result in ("answer", "no_provider", "error"):
     FALLBACKS.labels(_result)
+for _route in ("direct", "gateway"):
+    INTERCLOUD.labels(_route)
 for _kind in ("positive", "negative"):
     CACHE_HITS.labels(_kind)

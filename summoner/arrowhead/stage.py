@@ -11,7 +11,13 @@ names inside a served zone (with ``zone_names``) reach this stage as an
 earlier stage's tentative NXDOMAIN, whose zone (``Answer.zone``) gives the
 SOA: this stage never looks zones up itself.
 
-Tests: tests/test_arrowhead_dns.py, tests/test_arrowhead_publish.py
+Results from another cloud (``--arrowhead-intercloud``, warning
+FROM_OTHER_CLOUD) are answered like local ones; one that arrives VIA_GATEWAY
+points at this cloud's Gateway and a session port, so its cache entry (and
+every TTL) lives no longer than ``--arrowhead-gateway-session``
+(``records.py`` says how its port reaches the client).
+
+Tests: tests/test_arrowhead_dns.py, tests/test_arrowhead_publish.py, tests/test_arrowhead_intercloud.py
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dnslib import AAAA, CNAME, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSLabel
+from dnslib import QTYPE, RCODE, RR, SOA
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -39,6 +45,7 @@ from summoner.arrowhead.client import (
     SystemRef,
 )
 from summoner.arrowhead.config import ArrowheadConfig, ServiceMapping, valid_name
+from summoner.arrowhead.records import records as render_records
 
 # How long the wire layer may replay an encoded answer: bounds how stale the
 # TTL inside it can get, and how late a changed provider is noticed.
@@ -237,7 +244,8 @@ class ArrowheadStage:
             metrics.LOOKUP_SECONDS.observe(time.perf_counter() - started)
             self.circuit.succeeded()
             self.last_success = self._reactor.seconds()
-            expires = (self._reactor.seconds() + self.config.ttl if providers else self._negative_expiry(target))
+            expires = (self._reactor.seconds() + self._lifetime(providers) if providers
+                       else self._negative_expiry(target))
             self._settle(key, tuple(providers), expires)
 
         def failed(failure: Failure) -> None:
@@ -259,6 +267,18 @@ class ArrowheadStage:
                 waiting.errback(failure)
 
         d.addCallbacks(done, failed)
+
+    def _lifetime(self, providers: list[Provider]) -> float:
+        """How long a positive result is cached: --arrowhead-ttl, and for a
+        result through the Gateway no longer than its session's port is
+        good for (--arrowhead-gateway-session)."""
+        lifetime = self.config.ttl
+        for provider in providers:
+            if provider.from_other_cloud:
+                metrics.INTERCLOUD.labels("gateway" if provider.via_gateway else "direct").inc()
+            if provider.via_gateway:
+                lifetime = min(lifetime, self.config.gateway_session)
+        return lifetime
 
     def _negative_expiry(self, target: _Target) -> float:
         # RFC 2308: negative answers live for min(SOA TTL, SOA minimum); and
@@ -300,7 +320,7 @@ class ArrowheadStage:
         soa = RR(target.soa.rname, QTYPE.SOA, ttl=min(ttl, target.soa.ttl), rdata=target.soa.rdata)
         if not providers:
             return Answer(rcode=RCODE.NXDOMAIN, authority=[soa], cacheable=True, cache_seconds=replay, on_hit=on_hit)
-        records, additional = _records(query, target, providers, ttl)
+        records, additional = render_records(query, target.srv_target, providers, ttl)
         if records:
             return Answer(answer=records, additional=additional, cacheable=True, cache_seconds=replay, on_hit=on_hit)
         return Answer(authority=[soa], cacheable=True, cache_seconds=replay, on_hit=on_hit)  # NODATA
@@ -313,7 +333,7 @@ class ArrowheadStage:
             return None  # the on-demand stage's SERVFAIL stands
         metrics.FALLBACKS.labels("answer").inc()
         ttl = max(1, min(self.config.ttl, int(remaining)))
-        records, additional = _records(query, target, others, ttl)
+        records, additional = render_records(query, target.srv_target, others, ttl)
         # Not replayed by the wire layer: every query passes the on-demand
         # stage again, so the local VM is used again once it can boot.
         return Answer(answer=records, additional=additional, authority=[] if records else [target.soa],
@@ -345,66 +365,6 @@ class ArrowheadStage:
             "cached_names": len(self._cache),
             "lookups_in_flight": len(self._inflight),
         }
-
-
-def _records(query: Query, target: _Target, providers: tuple[Provider, ...], ttl: int) -> tuple[list[RR], list[RR]]:
-    """The answer and additional sections for a name with providers."""
-    name, qtype = query.name, query.qtype
-    if target.srv_target is not None:
-        if qtype in (QTYPE.SRV, QTYPE.ANY):
-            return _srv(name, target.srv_target, providers, ttl)
-        return [], []
-    if qtype in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
-        wanted = {QTYPE.A: (4,), QTYPE.AAAA: (6,)}.get(qtype, (4, 6))
-        records = [_address_rr(name, p, ttl) for p in providers if p.ip is not None and p.ip.version in wanted]
-        return records or _cname(name, providers, ttl), []
-    if qtype == QTYPE.CNAME:
-        return _cname(name, providers, ttl), []
-    if qtype == QTYPE.TXT:
-        return [RR(name, QTYPE.TXT, ttl=ttl, rdata=TXT(_txt_strings([
-            f"provider={p.system_name}", f"port={p.port}", f"uri={p.service_uri}",
-            f"secure={p.secure}", "interfaces=" + ",".join(p.interfaces)]))) for p in providers], []
-    return [], []
-
-
-def _srv(name: DNSLabel, srv_target: str, providers: tuple[Provider, ...], ttl: int) -> tuple[list[RR], list[RR]]:
-    records: list[RR] = []
-    additional: list[RR] = []
-    weight = 0 if len(providers) == 1 else 1
-    seen: set[tuple[int, str]] = set()
-    for provider in providers:
-        host = provider.address.rstrip(".") if provider.ip is None else srv_target
-        if provider.ip is not None:
-            additional.append(_address_rr(srv_target + ".", provider, ttl))
-        if (provider.port, host) in seen:
-            continue  # IP providers share one target name: one SRV per port (no duplicate RRs)
-        seen.add((provider.port, host))
-        records.append(RR(name, QTYPE.SRV, ttl=ttl, rdata=SRV(0, weight, provider.port, host + ".")))
-    return records, additional
-
-
-def _address_rr(name: DNSLabel | str, provider: Provider, ttl: int) -> RR:
-    assert provider.ip is not None
-    if provider.ip.version == 4:
-        return RR(name, QTYPE.A, ttl=ttl, rdata=A(str(provider.ip)))
-    return RR(name, QTYPE.AAAA, ttl=ttl, rdata=AAAA(str(provider.ip)))
-
-
-def _txt_strings(texts: list[str]) -> list[bytes]:
-    """TXT character-strings hold at most 255 bytes each (RFC 1035 3.3.14): split longer ones."""
-    return [data[i:i + 255] for data in (t.encode() for t in texts) for i in range(0, max(len(data), 1), 255)]
-
-
-def _cname(name: DNSLabel, providers: tuple[Provider, ...], ttl: int) -> list[RR]:
-    # One CNAME at most (RFC 1034); the first hostname provider wins.  A name
-    # that has address records for any provider gets no CNAME: a CNAME and
-    # other data never share a name (RFC 1034 3.6.2), whatever the query type.
-    if any(provider.ip is not None for provider in providers):
-        return []
-    for provider in providers:
-        if provider.ip is None:
-            return [RR(name, QTYPE.CNAME, ttl=ttl, rdata=CNAME(provider.address.rstrip(".") + "."))]
-    return []
 
 
 def _unknown_requester(error: ArrowheadError) -> bool:

@@ -117,14 +117,58 @@ class DoubleProcess:
         raise AssertionError(f"system {name} ({address}:{port}) is not registered in the double: register it "
                              "(summoner does at start: wait for its registration) before authorizing it")
 
+    def ids(self, service: str, interfaces: tuple[str, ...]) -> tuple[int, list[int]]:
+        """The ids of a service definition and of interfaces, from the registry's management lookups."""
+        definitions = {d["serviceDefinition"]: d["id"] for d in self.mgmt("/serviceregistry/mgmt/services")}
+        known = {i["interfaceName"]: i["id"] for i in self.mgmt("/serviceregistry/mgmt/interfaces")}
+        return definitions[service.lower()], [known[i.upper()] for i in interfaces]
+
     def authorize(self, consumer: Consumer, provider: Consumer, service: str,
                   interfaces: tuple[str, ...] = ("HTTP-INSECURE-JSON",)) -> dict[str, Any]:
         """POST /authorization/mgmt/intracloud for consumer → provider, service, interfaces."""
-        definitions = {d["serviceDefinition"]: d["id"] for d in self.mgmt("/serviceregistry/mgmt/services")}
-        known = {i["interfaceName"]: i["id"] for i in self.mgmt("/serviceregistry/mgmt/interfaces")}
+        service_id, interface_ids = self.ids(service, interfaces)
         response = requests.post(f"{self.http}/authorization/mgmt/intracloud", timeout=5, json={
             "consumerId": self.system_id(consumer), "providerIds": [self.system_id(provider)],
-            "serviceDefinitionIds": [definitions[service.lower()]],
-            "interfaceIds": [known[i.upper()] for i in interfaces]})
+            "serviceDefinitionIds": [service_id], "interfaceIds": interface_ids})
         assert response.status_code == 201, response.text
         return response.json()
+
+    # -- Gatekeeper mode (gatekeeper.py)
+
+    def own_cloud(self) -> dict[str, Any]:
+        """This cloud's row of its Gatekeeper's cloud table (CloudResponseDTO)."""
+        return next(c for c in self.control("state")["clouds"] if c["ownCloud"])
+
+    def cloud_id(self, other: DoubleProcess) -> int:
+        """The id ``other``'s cloud has in this cloud's Gatekeeper."""
+        own = other.own_cloud()
+        for row in self.mgmt("/gatekeeper/mgmt/clouds"):
+            if (row["operator"], row["name"]) == (own["operator"], own["name"]):
+                return int(row["id"])
+        raise AssertionError(f"cloud {own['name']} is not registered here: join the clouds first")
+
+    def authorize_cloud(self, cloud: DoubleProcess, provider: Consumer, service: str,
+                        interfaces: tuple[str, ...] = ("HTTP-INSECURE-JSON",)) -> dict[str, Any]:
+        """POST /authorization/mgmt/intercloud: ``cloud`` may consume this
+        cloud's ``provider`` (name, address, port) for ``service``."""
+        service_id, interface_ids = self.ids(service, interfaces)
+        response = requests.post(f"{self.http}/authorization/mgmt/intercloud", timeout=5, json={
+            "cloudId": self.cloud_id(cloud), "providerIdList": [self.system_id(provider)],
+            "serviceDefinitionIdList": [service_id], "interfaceIdList": interface_ids})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+
+def join_clouds(first: DoubleProcess, second: DoubleProcess) -> None:
+    """Make two double clouds neighbours, as their operators would: each
+    registers the other in its Gatekeeper (``POST /gatekeeper/mgmt/clouds``),
+    learns the URL standing in for the relay to it, and its Orchestrator runs
+    with a Gatekeeper."""
+    for here, there in ((first, second), (second, first)):
+        cloud = there.own_cloud()
+        response = requests.post(f"{here.http}/gatekeeper/mgmt/clouds", timeout=5, json=[{
+            "operator": cloud["operator"], "name": cloud["name"], "secure": False, "neighbor": True,
+            "authenticationInfo": None, "gatekeeperRelayIds": [], "gatewayRelayIds": []}])
+        assert response.status_code == 201, response.text
+        here.control("relay", {"operator": cloud["operator"], "name": cloud["name"], "url": there.http})
+        here.control("knobs", {"gatekeeper_is_present": True})

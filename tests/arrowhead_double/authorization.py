@@ -28,31 +28,79 @@ def rule_response(rule: dict[str, Any]) -> dict[str, Any]:
             "interfaces": list(rule["interfaces"]), "createdAt": rule["createdAt"], "updatedAt": rule["updatedAt"]}
 
 
-class Authorization:
-    def __init__(self, state: State) -> None:
-        self.state = state
+class RuleStore:
+    """What the intra- and inter-cloud rule tables share: their management
+    list (paged), get and delete by id, and the error for an unknown id."""
 
-    # -- management
+    entity = "AuthorizationIntraCloud"
+    mgmt = MGMT
+
+    def __init__(self, rules: list[dict[str, Any]]) -> None:
+        self.rules = rules
+
+    def response(self, rule: dict[str, Any]) -> dict[str, Any]:
+        return rule_response(rule)
 
     def list(self, body: Any, args: dict[str, str], cn: str | None) -> tuple[int, Any]:
-        listed = page([rule_response(r) for r in self.state.rules], args, MGMT)
-        return 200, listed
+        return 200, page([self.response(r) for r in self.rules], args, self.mgmt)
 
     def get(self, body: Any, args: dict[str, str], cn: str | None) -> tuple[int, Any]:
-        return 200, rule_response(self._rule(args))
+        return 200, self.response(self._rule(args))
 
     def delete(self, body: Any, args: dict[str, str], cn: str | None) -> tuple[int, Any]:
-        self.state.rules.remove(self._rule(args))
+        self.rules.remove(self._rule(args))
         return 200, None
 
     def _rule(self, args: dict[str, str]) -> dict[str, Any]:
         ident = int(args["id"])
         if ident < 1:
-            raise CoreError("Id must be greater than 0.", origin=MGMT + "/{id}")
-        for rule in self.state.rules:
+            raise CoreError("Id must be greater than 0.", origin=self.mgmt + "/{id}")
+        for rule in self.rules:
             if rule["id"] == ident:
                 return rule
-        raise CoreError(f"AuthorizationIntraCloud with id of '{ident}' not exists", "INVALID_PARAMETER")
+        raise CoreError(f"{self.entity} with id of '{ident}' not exists", "INVALID_PARAMETER")
+
+
+def expand(providers: list[int], services: list[int], interfaces: list[int]) -> list[tuple[int, int, list[int]]]:
+    """The rules one bulk request makes (createBulkAuthorization*): (provider,
+    service, interfaces) each."""
+    if len(providers) <= len(services) and len(services) >= len(interfaces):
+        # one provider, one or more services, one interface
+        return [(providers[0], service, interfaces[:1]) for service in services]
+    # one service, one or more providers and interfaces
+    return [(provider, services[0], interfaces) for provider in providers]
+
+
+def narrowed(entry: dict[str, Any], rule: dict[str, Any]) -> list[dict[str, Any]]:
+    """filterProviderListUsingAuthorizationResult: the entry with only the
+    interfaces ``rule`` allows -- none left, no entry."""
+    allowed = {i["id"] for i in rule["interfaces"]}
+    interfaces = [i for i in entry["interfaces"] if i["id"] in allowed]
+    return [{**entry, "interfaces": interfaces}] if interfaces else []
+
+
+def id_sets(lists: list[list[Any]], names: tuple[str, str, str],
+            origin: str) -> tuple[list[int], list[int], list[int]]:
+    """A bulk rule request's provider, service and interface lists: at most
+    one of two neighbouring ones may hold more than one id; the controllers
+    drop invalid ids (only logging them) into sets, here in request order; a
+    list left empty is the DB service's error."""
+    for (first, second) in ((0, 1), (1, 2)):
+        if len(lists[first]) > 1 and len(lists[second]) > 1:
+            raise CoreError(f"{names[first]} list or {names[second]} list should contain only one element, but "
+                            "both contain more", origin=origin)
+    providers, services, interfaces = (list(dict.fromkeys(i for i in ids if isinstance(i, int) and i > 0))
+                                       for ids in lists)
+    for ids, name in zip((providers, services, interfaces), names, strict=True):
+        if not ids:
+            raise CoreError(f"{name} list is empty", "INVALID_PARAMETER")
+    return providers, services, interfaces
+
+
+class Authorization(RuleStore):
+    def __init__(self, state: State) -> None:
+        super().__init__(state.rules)  # State.reset empties the list in place
+        self.state = state
 
     def add(self, body: Any, args: dict[str, str], cn: str | None) -> tuple[int, Any]:
         if not isinstance(body, dict):
@@ -62,12 +110,7 @@ class Authorization:
         consumer = self.state.by_id("system", consumer_id)
         if consumer is None:
             raise CoreError(f"Consumer system with id of {consumer_id} not exists", "INVALID_PARAMETER")
-        if len(providers) <= len(services) and len(services) >= len(interfaces):
-            # one provider, one or more services, one interface
-            wanted = [(providers[0], service, interfaces[:1]) for service in services]
-        else:
-            # one service, one or more providers and interfaces
-            wanted = [(provider, services[0], interfaces) for provider in providers]
+        wanted = expand(providers, services, interfaces)
         created = [rule for rule in (self._create(consumer, *item) for item in wanted) if rule is not None]
         return 201, {"data": [rule_response(r) for r in created], "count": len(created)}
 
@@ -106,10 +149,7 @@ class Authorization:
             for rule in self.state.rules:
                 if (rule["consumer"] is consumer and rule["provider"] is entry["provider"]
                         and rule["serviceDefinition"] is entry["serviceDefinition"]):
-                    allowed = {i["id"] for i in rule["interfaces"]}
-                    interfaces = [i for i in entry["interfaces"] if i["id"] in allowed]
-                    if interfaces:
-                        out.append({**entry, "interfaces": interfaces})
+                    out.extend(narrowed(entry, rule))
         return out
 
     @staticmethod
@@ -137,17 +177,7 @@ def _checked_request(body: dict[str, Any]) -> tuple[int, list[int], list[int], l
         (not lists[2], " interfaceList is empty")) if bad]
     if reasons:
         raise CoreError("Payload is invalid due to the following reasons:" + ",".join(reasons), origin=MGMT)
-    if len(lists[0]) > 1 and len(lists[1]) > 1:
-        raise CoreError("providerIds list or serviceDefinitionIds list should contain only one element, but both "
-                        "contain more", origin=MGMT)
-    if len(lists[1]) > 1 and len(lists[2]) > 1:
-        raise CoreError("serviceDefinitionIds list or interfaceIds list should contain only one element, but both "
-                        "contain more", origin=MGMT)
-    # Invalid ids are dropped (only logged upstream); sets, in request order here.
-    providers, services, interfaces = (list(dict.fromkeys(i for i in ids if isinstance(i, int) and i > 0))
-                                       for ids in lists)
-    for ids, name in ((providers, "providerIds"), (services, "serviceDefinitionIds"), (interfaces, "interfaceIds")):
-        if not ids:  # createBulkAuthorizationIntraCloud, after the invalid ones went
-            raise CoreError(f"{name} list is empty", "INVALID_PARAMETER")
+    # createBulkAuthorizationIntraCloud, after the invalid ones went
+    providers, services, interfaces = id_sets(lists, ("providerIds", "serviceDefinitionIds", "interfaceIds"), MGMT)
     assert isinstance(consumer, int)
     return consumer, providers, services, interfaces

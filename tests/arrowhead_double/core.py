@@ -25,7 +25,13 @@ TYPE_STATUS = {"AUTH": 401, "BAD_PAYLOAD": 400, "INVALID_PARAMETER": 400, "DATA_
 # What the core systems' shipped application.properties set (the code's own
 # defaults are false): serviceregistry/src/main/resources/application.properties.
 DEFAULT_KNOBS: dict[str, Any] = {"ping_timeout": 5.0, "enforce_authorization": True,
-                                 "allow_self_addressing": True, "allow_non_routable_addressing": True}
+                                 "allow_self_addressing": True, "allow_non_routable_addressing": True,
+                                 # Gatekeeper mode (gatekeeper.py, gateway.py): the code's defaults,
+                                 # off; the shipped properties turn all three on.  Timeouts in
+                                 # seconds (upstream's gateway_socket_timeout is 30000 ms).
+                                 "gatekeeper_is_present": False, "gateway_is_present": False,
+                                 "gateway_is_mandatory": False, "gateway_socket_timeout": 30.0,
+                                 "inactive_gateway_bridge_timeout": 60.0, "gateway_ports": None}
 
 
 def now() -> str:

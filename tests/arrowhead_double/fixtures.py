@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.arrowhead_double import DoubleProcess, pki
+from tests.arrowhead_double import DoubleProcess, join_clouds, pki
 
 SYSTEMS = ["orchestrator", "serviceregistry", "summoner", "provider", "sysop"]
 
@@ -42,6 +44,51 @@ def arrowhead_double(arrowhead_double_process: DoubleProcess) -> DoubleProcess:
         arrowhead_double_process.start()  # a previous test stopped it
     arrowhead_double_process.control("reset", {"registry": True})
     return arrowhead_double_process
+
+
+@pytest.fixture(scope="module")
+def cloud_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DoubleProcess, DoubleProcess]]:
+    """Two double clouds, ``cloud1`` and ``cloud2`` (their own PKIs, registries,
+    orchestrators, authorization and gatekeepers), as processes."""
+    doubles = [DoubleProcess(pki.generate(tmp_path_factory.mktemp(name), SYSTEMS, cloud=name)).start()
+               for name in ("cloud1", "cloud2")]
+    try:
+        yield doubles[0], doubles[1]
+    finally:
+        for double in doubles:
+            double.stop()
+
+
+@pytest.fixture
+def clouds(cloud_processes: tuple[DoubleProcess, DoubleProcess]) -> tuple[DoubleProcess, DoubleProcess]:
+    """The two clouds, reset, then joined by their Gatekeepers (no gateway)."""
+    for double in cloud_processes:
+        if double.process is None:
+            double.start()
+        double.control("reset", {"registry": True})
+    join_clouds(*cloud_processes)
+    return cloud_processes
+
+
+@pytest.fixture
+def echo_server() -> Iterator[int]:
+    """A TCP echo server on loopback (its port): a provider that shows bytes
+    got through, e.g. through the double's Gateway."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                while data := conn.recv(4096):
+                    conn.sendall(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield server.getsockname()[1]
+    server.close()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

@@ -15,6 +15,11 @@ insecure cloud), random matchmaking, and in secure mode (the HTTPS listener,
 mutual TLS) the certificate-CN rules of the access-control filters, management
 paths (``/mgmt/``) for the local system operator (``sysop.<cloud>``) only.
 
+Gatekeeper mode (``gatekeeper.py``, ``gateway.py``, ``intercloud.py``): two
+double processes, each a cloud of its own, joined by their Gatekeepers;
+``enableInterCloud`` and ``triggerInterCloud`` orchestrations reach the other
+cloud's providers through GSD and ICN, filtered by its inter-cloud rules.
+
 Both listeners share one state, like a cloud whose core systems run with and
 without SSL at once -- which upstream cannot do, but which lets a test register
 providers over HTTP while summoner talks HTTPS.  The HTTP listener is the
@@ -31,7 +36,8 @@ Test control (not part of Arrowhead), under ``/control``:
 ``enforce_authorization`` (default true, as upstream, which always asks
 Authorization), ``allow_self_addressing`` and ``allow_non_routable_addressing``
 (default true, as the shipped application.properties set them; the code's
-defaults are false), ``ping_timeout``), ``POST /control/reset`` (knobs and
+defaults are false), ``ping_timeout``, the Gatekeeper and Gateway knobs of ``core.DEFAULT_KNOBS``),
+``POST /control/relay`` (``gatekeeper.py``), ``POST /control/reset`` (knobs and
 counters; ``{"registry": true}`` also empties the registry and the rules).
 """
 
@@ -61,6 +67,9 @@ from tests.arrowhead_double.core import (
     page,
     system_response,
 )
+from tests.arrowhead_double.gatekeeper import Gatekeeper
+from tests.arrowhead_double.intercloud import cloud_response
+from tests.arrowhead_double.intercloud import rule_response as intercloud_rule_response
 
 log = Logger(namespace="arrowhead-double")
 
@@ -77,7 +86,9 @@ class Double:
         self.authorization = Authorization(self.state)
         self.reactor = reactor
         self.cloud_suffix = cloud_suffix
-        rules = self.authorization
+        name, operator = (cloud_suffix or "testcloud.aitia.arrowhead.eu").split(".")[:2]
+        self.gatekeeper = Gatekeeper(self.state, reactor, self, (name, operator))
+        rules, gatekeeper, intercloud = self.authorization, self.gatekeeper, self.gatekeeper.authorization
         # ``{id}``: the last path segment, handed over as args["id"].
         self.routes: dict[tuple[bytes, str], Callable[..., Any]] = {
             (b"GET", "/serviceregistry/mgmt/systems"): self.mgmt_systems,
@@ -88,6 +99,20 @@ class Double:
             (b"POST", "/authorization/mgmt/intracloud"): rules.add,
             (b"GET", "/authorization/mgmt/intracloud/{id}"): rules.get,
             (b"DELETE", "/authorization/mgmt/intracloud/{id}"): rules.delete,
+            (b"GET", "/authorization/mgmt/intercloud"): intercloud.list,
+            (b"POST", "/authorization/mgmt/intercloud"): intercloud.add,
+            (b"GET", "/authorization/mgmt/intercloud/{id}"): intercloud.get,
+            (b"DELETE", "/authorization/mgmt/intercloud/{id}"): intercloud.delete,
+            (b"GET", "/gatekeeper/echo"): self.echo,
+            (b"GET", "/gatekeeper/mgmt/clouds"): gatekeeper.list_clouds,
+            (b"POST", "/gatekeeper/mgmt/clouds"): gatekeeper.register_clouds,
+            (b"POST", "/gatekeeper/init_gsd"): gatekeeper.init_gsd,
+            (b"POST", "/gatekeeper/init_icn"): gatekeeper.init_icn,
+            (b"POST", "/gatekeeper/relay/gsd_poll"): gatekeeper.gsd_poll,
+            (b"POST", "/gatekeeper/relay/icn_proposal"): gatekeeper.icn_proposal,
+            (b"GET", "/gateway/echo"): self.echo,
+            (b"GET", "/gateway/mgmt/sessions"): gatekeeper.gateway.list,
+            (b"POST", "/control/relay"): gatekeeper.control_relay,
             (b"GET", "/serviceregistry/echo"): self.echo,
             (b"GET", "/orchestrator/echo"): self.echo,
             (b"POST", "/serviceregistry/register"): self.register,
@@ -268,45 +293,44 @@ class Double:
     def orchestration(self, body: Any, args: dict[str, str], cn: str | None) -> Any:
         if not isinstance(body, dict):
             raise SpringError()
-        requester = body.get("requesterSystem")
-        if requester is None:
-            raise CoreError("Requester system is null.")
-        check_system(requester, "Requester system")
-        if cn is not None and requester["systemName"].lower() != cn.split(".", 1)[0].lower():
-            raise CoreError(f"Requester system name({requester['systemName']}) and client name from "
-                                     f"certificate ({cn.split('.', 1)[0]}) do not match!", "AUTH", 401)
+        _check_requester(body.get("requesterSystem"), cn)
         flags = {name: bool((body.get("orchestrationFlags") or {}).get(name, False)) for name in FLAG_NAMES}
         service = body.get("requestedService")
         if service is None and (flags["overrideStore"] or flags["triggerInterCloud"]):
             raise CoreError("Requested service is null while \"overrideStore\" or \"triggerInterCloud\" is set.")
-        if flags["triggerInterCloud"] or flags["externalServiceRequest"]:
-            raise CoreError("Intercloud mode is not supported. Orchestrator runs in NO GATEKEEPER mode.")
+        # OrchestratorController.orchestrationProcess
+        gatekeeper = bool(self.state.knobs["gatekeeper_is_present"])
+        if flags["externalServiceRequest"]:
+            if not gatekeeper:
+                raise CoreError("External service request can not be served. Orchestrator runs in NO GATEKEEPER mode.")
+            return self.external_orchestration(body).addCallback(lambda results: (200, {"response": results}))
+        if flags["triggerInterCloud"]:
+            if not gatekeeper:
+                raise CoreError("Forced inter cloud service request can not be served. Orchestrator runs in NO "
+                                "GATEKEEPER mode.")
+            return self.gatekeeper.trigger(body, flags)
         if (body.get("commands") or {}).get("qosExclusivity") and not flags["matchmaking"]:
             raise CoreError("Exclusive service orchestration is only possible when matchmaking is enabled.")
         preferred = body.get("preferredProviders") or []
         if flags["onlyPreferred"] and not any(p.get("providerCloud") is None for p in preferred):
             raise CoreError('There is no valid preferred provider, but "onlyPreferred" is set to true')
         if not flags["overrideStore"]:
-            # Store orchestration: this double holds no store entries.
-            if service is not None:
-                interfaces = service.get("interfaceRequirements") or []
-                if not interfaces or not str(interfaces[0]).strip():
-                    raise CoreError("InterfaceRequirement  is null or blank.")
-                if len(interfaces) > 1:
-                    raise CoreError("Only one interface requirement is allowed in store orchestration.")
-            return 200, {"response": []}
+            return _store_orchestration(service)
         if not str(service.get("serviceDefinitionRequirement") or "").strip():
             raise CoreError("Service definition requirement is null or blank")
         # The pingProviders *flag* overwrites the form's own field, and
         # metadata requirements count only with metadataSearch.
         d = self._filtered(service, ping=flags["pingProviders"], metadata=flags["metadataSearch"])
-        return d.addCallback(self._orchestrated, requester, flags, service, cn is not None)
+        return d.addCallback(self._orchestrated, body, flags, cn is not None)
 
-    def _orchestrated(self, pair: tuple[list[dict[str, Any]], int], requester: dict[str, Any],
-                      flags: dict[str, bool], service: dict[str, Any], secure: bool) -> tuple[int, Any]:
-        found = pair[0]
+    def _orchestrated(self, pair: tuple[list[dict[str, Any]], int], body: dict[str, Any],
+                      flags: dict[str, bool], secure: bool) -> Any:
+        """dynamicOrchestration; with enableInterCloud and a Gatekeeper, no
+        provider here (or none authorized) means triggerInterCloud."""
+        found, requester = pair[0], body["requesterSystem"]
+        intercloud = flags["enableInterCloud"] and bool(self.state.knobs["gatekeeper_is_present"])
         if not found:
-            return 200, {"response": []}
+            return self.gatekeeper.trigger(body, flags) if intercloud else (200, {"response": []})
         # Authorization's intracloud check: the consumer must exist with this
         # exact name, address and port; then only the providers its rules name.
         consumer = self.state.system(requester, create=False)
@@ -315,12 +339,32 @@ class Double:
                 f"Consumer with name: {requester['systemName'].lower()}, address: {requester['address'].lower()} "
                 f"and port: {requester['port']} is not exist in the database.", "INVALID_PARAMETER")
         found = self.authorization.authorized(consumer, found)
+        if not found and intercloud:
+            return self.gatekeeper.trigger(body, flags)
         if flags["onlyIPAddressResponse"] or flags["onlyIPv4AddressResponse"] or flags["onlyIPv6AddressResponse"]:
             found = [e for e in found if _address_ok(e["provider"]["address"], flags)]
         if flags["matchmaking"] and found:
             found = [random.choice(found)]
         # Tokens come last (OrchestratorDriver.generateAuthTokens), for what is left.
         return 200, {"response": [self._result(e, secure) for e in found]}
+
+    def registry_query(self, service: dict[str, Any]) -> defer.Deferred:
+        """What the Gatekeeper's GSD poll asks the Service Registry (``/query``
+        with the requested service as it is): the entries."""
+        d = self._filtered(service, ping=bool(service.get("pingProviders")), metadata=True)
+        return d.addCallback(lambda pair: pair[0])
+
+    def external_orchestration(self, form: dict[str, Any]) -> defer.Deferred:
+        """OrchestratorService.externalServiceRequest: the requester is in
+        another cloud, so no intra-cloud rules (the Gatekeeper checks the
+        inter-cloud ones); no matchmaking either (the requester cloud's);
+        results, tokens included, as for a local requester."""
+        flags = form.get("orchestrationFlags") or {}
+        service = form.get("requestedService") or {}
+        if not str(service.get("serviceDefinitionRequirement") or "").strip():
+            raise CoreError("Service definition requirement is null or blank")
+        d = self._filtered(service, ping=bool(flags.get("pingProviders")), metadata=bool(flags.get("metadataSearch")))
+        return d.addCallback(lambda pair: [self._result(e, False) for e in pair[0]])
 
     def _result(self, entry: dict[str, Any], secure: bool) -> dict[str, Any]:
         warnings = [] if entry["endOfValidity"] else ["TTL_UNKNOWN"]
@@ -342,6 +386,9 @@ class Double:
         return 200, {"systems": [system_response(s) for s in self.state.systems.values()],
                      "entries": [entry_response(e) for e in self.state.entries],
                      "rules": [rule_response(r) for r in self.state.rules],
+                     "intercloud_rules": [intercloud_rule_response(r) for r in self.gatekeeper.authorization.rules],
+                     "clouds": [cloud_response(c) for c in self.gatekeeper.clouds],
+                     "gateway_sessions": [s.dto for s in self.gatekeeper.gateway.sessions.values()],
                      "counters": dict(self.state.counters), "knobs": self.state.knobs}
 
     def control_knobs(self, body: Any, args: dict[str, str], cn: str | None) -> tuple[int, Any]:
@@ -354,7 +401,29 @@ class Double:
 
     def control_reset(self, body: Any, args: dict[str, str], cn: str | None) -> tuple[int, Any]:
         self.state.reset(registry=bool((body or {}).get("registry")))
+        if (body or {}).get("registry"):
+            self.gatekeeper.reset()
         return 200, {}
+
+
+def _check_requester(requester: Any, cn: str | None) -> None:
+    if requester is None:
+        raise CoreError("Requester system is null.")
+    check_system(requester, "Requester system")
+    if cn is not None and requester["systemName"].lower() != cn.split(".", 1)[0].lower():
+        raise CoreError(f"Requester system name({requester['systemName']}) and client name from "
+                        f"certificate ({cn.split('.', 1)[0]}) do not match!", "AUTH", 401)
+
+
+def _store_orchestration(service: dict[str, Any] | None) -> tuple[int, Any]:
+    """Store orchestration: this double holds no store entries."""
+    if service is not None:
+        interfaces = service.get("interfaceRequirements") or []
+        if not interfaces or not str(interfaces[0]).strip():
+            raise CoreError("InterfaceRequirement  is null or blank.")
+        if len(interfaces) > 1:
+            raise CoreError("Only one interface requirement is allowed in store orchestration.")
+    return 200, {"response": []}
 
 
 def _address_ok(address: str, flags: dict[str, bool]) -> bool:
