@@ -7,6 +7,8 @@ client only ever talks to Unbound.  Marked ``vm``: A and B boot real guests.
 - Federation: ``hello.b.test`` through B is A's ``hello.od.test`` (a CNAME
   from B, then A boots the VM on that demand); NXDOMAIN until
   ``summoner arrowhead rules --apply`` adds the rule B needs.
+- Inter-cloud: the same with A and B in two double clouds joined by their
+  Gatekeepers; NXDOMAIN until cloud 1 has the inter-cloud rule for cloud 2.
 - Remote fallback: A's ``broken`` (a silent image) stands for the service
   ``hello``; when its boot fails, A answers with B's provider of ``hello``,
   which B boots.
@@ -73,7 +75,7 @@ def cnames(reply) -> list[str]:
 
 @dataclass
 class Federation:
-    double: DoubleProcess
+    double: DoubleProcess  # A's cloud (and B's, unless they are two clouds)
     a: ODServer
     b: ODServer
     resolver: Unbound
@@ -92,14 +94,15 @@ class Federation:
 
 
 @pytest.fixture
-def federation(od_server, arrowhead_double, tmp_path) -> Iterator:
-    """``start(a_hello=..., a_extra=..., b_extra=...)``: A on od.test (the od_server
-    zone), B on b.test, both in the double's cloud, and Unbound in front."""
+def federation(od_server, tmp_path) -> Iterator:
+    """``start(a_cloud, b_cloud, a_hello=..., a_extra=..., b_extra=..., b_flags=...)``:
+    A on od.test (the od_server zone) in ``a_cloud``, B on b.test in ``b_cloud``
+    (the same double, or two joined by their Gatekeepers), and Unbound in front."""
     started: list[Unbound | ODServer] = []
 
-    def start(*, a_hello: str = "", a_extra: str = "", b_extra: str = "") -> Federation:
-        double = arrowhead_double
-        a = od_server(*arrowhead_flags(double, A_SYSTEM), hello=a_hello, zone_extra=a_extra)
+    def start(a_cloud: DoubleProcess, b_cloud: DoubleProcess, *, a_hello: str = "", a_extra: str = "",
+              b_extra: str = "", b_flags: tuple[str, ...] = ()) -> Federation:
+        a = od_server(*arrowhead_flags(a_cloud, A_SYSTEM), hello=a_hello, zone_extra=a_extra)
         zones = tmp_path / "b-zones"
         zones.mkdir()
         (zones / "b.test.zone").write_text(B_ZONE.format(extra=b_extra))
@@ -107,21 +110,22 @@ def federation(od_server, arrowhead_double, tmp_path) -> Iterator:
         # one's reconciliation would destroy the other's VMs as "removed".
         b = launch(tmp_path, zones, "--virt-type", "qemu", "--state-dir", str(tmp_path / "b-state"),
                    "--domain-prefix", "summoner-b-",
-                   *IMAGE_DIRS, *arrowhead_flags(double, B_SYSTEM), server_class=ODServer)
+                   *IMAGE_DIRS, *arrowhead_flags(b_cloud, B_SYSTEM), *b_flags, server_class=ODServer)
         started.append(b)
         wait_until_answering(b)
-        wait_for(lambda: {A_SYSTEM, B_SYSTEM} <= systems(double), what="both summoners' system registrations")
+        wait_for(lambda: A_SYSTEM in systems(a_cloud) and B_SYSTEM in systems(b_cloud),
+                 what="both summoners' system registrations")
         resolver = Unbound(tmp_path, {"od.test": a.port, "b.test": b.port}).start()
         started.append(resolver)
-        return Federation(double, a, b, resolver)
+        return Federation(a_cloud, a, b, resolver)
 
     yield start
     for item in reversed(started):
         item.stop()
 
 
-def test_a_client_of_b_reaches_a_service_that_a_boots_on_demand(federation):
-    fed = federation()
+def test_a_client_of_b_reaches_a_service_that_a_boots_on_demand(federation, arrowhead_double):
+    fed = federation(arrowhead_double, arrowhead_double)
     wait_for(lambda: "hello.od.test" in registered(fed.double), what="A's registration of hello.od.test")
     # No intra-cloud rule lets B consume A's hello: no provider, NXDOMAIN.
     assert fed.resolver.query("hello.b.test", "A").rcode() == dns.rcode.NXDOMAIN
@@ -146,8 +150,9 @@ def test_a_client_of_b_reaches_a_service_that_a_boots_on_demand(federation):
     print(f"cold query through Unbound and B to A's VM: {elapsed:.2f}s")
 
 
-def test_a_host_that_cannot_boot_is_answered_with_the_other_summoners_provider(federation):
+def test_a_host_that_cannot_boot_is_answered_with_the_other_summoners_provider(federation, arrowhead_double):
     fed = federation(
+        arrowhead_double, arrowhead_double,
         a_hello='"arrowhead=off"',  # A's own hello would be "another provider" too
         a_extra='broken IN A 127.0.0.24\n_summoner.broken IN TXT "image=silent" "boot_timeout=3" '
                 '"arrowhead-service=hello"',
@@ -164,3 +169,21 @@ def test_a_host_that_cannot_boot_is_answered_with_the_other_summoners_provider(f
     assert fed.a.metric("summoner_arrowhead_fallbacks_total", result="answer") >= 1  # one per waiting query
     assert fed.a.metric("summoner_vm_boots_total", service="broken.od.test", result="timeout") == 1
     assert fed.b.metric("summoner_vm_boots_total", service="hello.b.test", result="success") == 1
+
+
+def test_inter_cloud_a_client_in_cloud2_reaches_the_host_a_boots_in_cloud1(federation, clouds):
+    """A in double cloud 1, B in cloud 2 with --arrowhead-intercloud; the two
+    Gatekeepers (GSD, then ICN) find A's host, once cloud 1 lets cloud 2 in."""
+    cloud1, cloud2 = clouds
+    fed = federation(cloud1, cloud2, b_flags=("--arrowhead-intercloud", "--arrowhead-deadline", "5"))
+    wait_for(lambda: "hello.od.test" in registered(cloud1), what="A's registration of hello.od.test in cloud 1")
+    assert fed.resolver.query("hello.b.test", "A").rcode() == dns.rcode.NXDOMAIN  # no inter-cloud rule
+    cloud1.authorize_cloud(cloud2, ("summoner-a", "hello.od.test", 8080), "hello")
+    time.sleep(5)  # the negative answer's lifetime
+    reply = fed.resolver.query("hello.b.test", "A", timeout=2.5, tries=12)
+    assert reply.rcode() == dns.rcode.NOERROR, fed.resolver.log()[-2000:] + fed.b.log()[-2000:]
+    assert cnames(reply) == ["hello.od.test."]
+    assert addresses(reply) == ["127.0.0.20"]
+    assert http_status("http://127.0.0.20:8080/") == 200
+    assert fed.a.metric("summoner_vm_boots_total", service="hello.od.test", result="success") == 1
+    assert fed.b.metric("summoner_arrowhead_intercloud_results_total", route="direct") >= 1
