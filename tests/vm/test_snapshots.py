@@ -72,8 +72,9 @@ class SnapshotTest(FleetCase):
                        {"hello": manifest("hello")})
         yield od.start()
         yield od.stage.resolve(Query.of(HELLO, "A"))
-        yield self.wait_for(lambda: self.backend.saves == 1)
-        self.assertEqual(self.svc(HELLO).state, State.STOPPED)
+        # the fake counts the save in the worker thread, before its result reaches the reactor
+        yield self.wait_for(lambda: self.svc(HELLO).state is State.STOPPED)
+        self.assertEqual(self.backend.saves, 1)
         self.assertEqual(len(list(self.state_dir().glob("*.save"))), 1)
 
     @defer.inlineCallbacks
