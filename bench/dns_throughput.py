@@ -17,10 +17,12 @@ second, paced run per mix (``-Q --latency-qps``, ``-v`` so that every reply's
 latency is seen): at saturation a p99 only measures the queue.
 
 summoner runs as an operator would run it for static data: ``--no-on-demand``,
-metrics on.  NSD runs with one server process and RRL off.  Everything is on
-loopback; every run is bounded by ``--seconds``.
+metrics on.  NSD runs with RRL off.  ``--workers 1,2`` (the default) makes one
+table per process count: summoner ``--workers N`` against NSD
+``server-count: N``.  Everything is on loopback; every run is bounded by
+``--seconds``.
 
-    usage: .venv/bin/python bench/dns_throughput.py [--seconds 6] [--rounds 3] [--clients 4]
+    usage: .venv/bin/python bench/dns_throughput.py [--seconds 6] [--rounds 3] [--clients 4] [--workers 1,2]
 """
 
 from __future__ import annotations
@@ -105,14 +107,16 @@ def wait_answering(port: int) -> None:
     raise SystemExit(f"server on port {port} did not answer")
 
 
-def start_summoner(work: Path, root: Path) -> tuple[subprocess.Popen, int]:
+def start_summoner(work: Path, root: Path, workers: int) -> tuple[subprocess.Popen, int]:
     port = free_port()
     args = [sys.executable, "-m", "summoner", "serve", "--zones", str(work / "zones"), "--listen",
             f"127.0.0.1:{port}", "--metrics", f"127.0.0.1:{free_port()}", "--no-on-demand", "--admin", "off",
-            "--log-level", "warn"]
+            "--log-level", "warn", *(["--workers", str(workers)] if workers > 1 else [])]
     # -m summoner from ``root``: another checkout (--summoner-root) runs its own code
     proc = subprocess.Popen(args, stdout=open(work / "summoner.log", "w"), stderr=subprocess.STDOUT, cwd=root)
     wait_answering(port)
+    if workers > 1:
+        time.sleep(2.0)  # the workers start after the primary answers
     return proc, port
 
 
@@ -154,6 +158,8 @@ def main() -> int:
     parser.add_argument("--latency-qps", type=int, default=5000, help="pace of the p99 latency runs")
     parser.add_argument("--summoner-root", type=Path, default=ROOT,
                         help="checkout whose summoner to run (default this one), e.g. an older commit to compare")
+    parser.add_argument("--workers", default="1,2", help="process counts to compare, comma-separated "
+                        "(summoner --workers N against NSD server-count N)")
     args = parser.parse_args()
     for tool in ("dnsperf", "nsd", "dig"):
         if not shutil.which(tool):
@@ -165,32 +171,41 @@ def main() -> int:
         zone = (ROOT / "zones" / "example.org.zone").read_text() + WILDCARD
         (work / "zones" / "example.org.zone").write_text(zone)
         files = {mix: query_file(work, mix, args.names) for mix in MIXES}
-        summoner, s_port = start_summoner(work, args.summoner_root)
-        nsd, n_port = start_nsd(work, 1)
-        procs += [summoner, nsd]
-        servers = {"summoner": s_port, "nsd": n_port}
-        cells = {(mix, server): Cell() for mix in MIXES for server in servers}
-        print(f"dnsperf -c {args.clients} -q 100 -l {args.seconds:g}, {args.rounds} rounds, {os.cpu_count()} cores, "
-              f"loopback; summoner --no-on-demand ({args.summoner_root}), NSD server-count 1, RRL off",
-              flush=True)
-        for round_no in range(args.rounds):
-            order = list(servers) if round_no % 2 == 0 else list(reversed(servers))
-            for mix in MIXES:
-                for server in order:
-                    run = dnsperf(servers[server], files[mix], MIXES[mix][1], args.seconds, args.clients,
-                                  args.latency_qps)
-                    cells[(mix, server)].runs.append(run)
-                    print(f"  round {round_no + 1} {mix:16} {server:8} {run.qps:9.0f} qps  p99 {run.p99_ms:.2f} ms"
-                          f"  unexpected rcodes {run.unexpected}  lost {run.lost}", flush=True)
-        code = report(cells, servers)
+        code = 0
+        for workers in (int(n) for n in args.workers.split(",")):
+            summoner, s_port = start_summoner(work, args.summoner_root, workers)
+            nsd, n_port = start_nsd(work, workers)
+            procs += [summoner, nsd]
+            print(f"\ndnsperf -c {args.clients} -q 100 -l {args.seconds:g}, {args.rounds} rounds, "
+                  f"{os.cpu_count()} cores, loopback; summoner --no-on-demand --workers {workers} "
+                  f"({args.summoner_root}), NSD server-count {workers}, RRL off", flush=True)
+            code |= compare(args, files, {"summoner": s_port, "nsd": n_port})
+            for proc in (summoner, nsd):
+                proc.terminate()
+                proc.wait(timeout=20)
         if code:
             print("--- summoner log (tail):\n" + (work / "summoner.log").read_text()[-3000:])
         return code
     finally:
         for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=20)
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=20)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def compare(args: argparse.Namespace, files: dict[str, Path], servers: dict[str, int]) -> int:
+    cells = {(mix, server): Cell() for mix in MIXES for server in servers}
+    for round_no in range(args.rounds):
+        order = list(servers) if round_no % 2 == 0 else list(reversed(servers))
+        for mix in MIXES:
+            for server in order:
+                run = dnsperf(servers[server], files[mix], MIXES[mix][1], args.seconds, args.clients,
+                              args.latency_qps)
+                cells[(mix, server)].runs.append(run)
+                print(f"  round {round_no + 1} {mix:16} {server:8} {run.qps:9.0f} qps  p99 {run.p99_ms:.2f} ms"
+                      f"  unexpected rcodes {run.unexpected}  lost {run.lost}", flush=True)
+    return report(cells, servers)
 
 
 def report(cells: dict[tuple[str, str], Cell], servers: dict[str, int]) -> int:

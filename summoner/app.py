@@ -26,6 +26,7 @@ from summoner.resolution import Chain, Stage
 from summoner.server import TCP_IDLE_TIMEOUT, listen_dns, stop_listening
 from summoner.static import StaticStage
 from summoner.wire import Responder
+from summoner.workers import Listen, WorkerPool, ZoneUpdate
 from summoner.zonefile import ZoneSet, load_zone_dir
 from summoner.zonewatch import ZoneWatcher, record_loaded
 
@@ -49,6 +50,9 @@ class ServeConfig:
     reload_interval: float = 1.0
     rate_limit: RateLimit | None = None  # UDP response rate limiting; None: off
     admin: tuple[str, int] | None = DEFAULT_ADDRESS  # admin endpoint (every part's resources); None: off
+    workers: int = 1  # processes answering DNS on the port (summoner.workers); 1: this one alone
+    log_format: str = "human"  # what workers log in (this process's is set by the command)
+    log_level: str = "info"
 
 
 class App:
@@ -81,6 +85,8 @@ class App:
         self.responder = Responder(self.chain)
         self.watcher = ZoneWatcher(config.zones, self.apply_zones, config.reload_interval, reactor)
         self.ports: tuple = ()
+        self.workers: WorkerPool | None = None
+        self.served = ZoneSet()  # the zones the static stage answers from
         self.metrics_port = None
         self.admin_port = None
 
@@ -97,7 +103,15 @@ class App:
         for hook in self.zone_hooks:
             zones = hook(zones)
         self.static.update(zones)
+        self.served = zones
         self.responder.clear_cache()
+        if self.workers is not None:
+            self.workers.update(self._worker_zones(zones))
+
+    def _worker_zones(self, zones: ZoneSet) -> ZoneUpdate:
+        """What workers answer from: the static zones, and what the later stages claim."""
+        claimed = frozenset(self.ondemand.stage.entries) if self.ondemand is not None else frozenset()
+        return ZoneUpdate(zones, claimed, claim_all=self.arrowhead is not None)
 
     def load_initial_zones(self) -> ZoneSet:
         """Raises ZoneError: serve refuses to start on an invalid zone."""
@@ -109,9 +123,18 @@ class App:
     def listen(self) -> None:
         host, port = self.config.listen
         limiter = RateLimiter(self.config.rate_limit, time.monotonic) if self.config.rate_limit else None
-        self.ports = listen_dns(self.reactor, self.responder, host, port, self.config.tcp_idle_timeout, limiter)
-        log.info("answering DNS on {host} port {port} (UDP and TCP)", host=host,
-                 port=self.ports[0].getHost().port)
+        shared = self.config.workers > 1
+        self.ports = listen_dns(self.reactor, self.responder, host, port, self.config.tcp_idle_timeout, limiter,
+                                share_port=shared)
+        port = self.ports[0].getHost().port
+        log.info("answering DNS on {host} port {port} (UDP and TCP)", host=host, port=port)
+        if shared:
+            config = self.config
+            self.workers = WorkerPool(self.reactor, self.responder, config.workers - 1,
+                                      Listen(host, port, config.tcp_idle_timeout, config.rate_limit,
+                                             config.log_format, config.log_level))
+            self.workers.update(self._worker_zones(self.served))
+            self.workers.start()
         if self.config.metrics is not None:
             mhost, mport = self.config.metrics
             site = metrics.QuietSite(metrics.metrics_resource())
@@ -154,6 +177,8 @@ class App:
         self.watcher.stop()
         ports = [*self.ports, *(p for p in (self.metrics_port, self.admin_port) if p is not None)]
         stopping = [stop_listening(tuple(ports))]
+        if self.workers is not None:
+            stopping.append(self.workers.stop())
         if self.ondemand is not None:
             stopping.append(self.ondemand.stop())
         if self.arrowhead is not None:

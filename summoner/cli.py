@@ -91,6 +91,9 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
                        help="close idle DNS TCP connections after this long (default %(default)s)")
     serve.add_argument("--reload-interval", type=float, default=d.reload_interval, metavar="SECONDS",
                        help="how often the zone directory is checked for changes (default %(default)s)")
+    serve.add_argument("--workers", type=_positive_int, default=d.workers, metavar="N",
+                       help="processes answering DNS on the port with SO_REUSEPORT: this one and N-1 workers "
+                            "that answer static zone data and relay the rest here (default %(default)s)")
     rrl = serve.add_argument_group("response rate limiting (UDP; TCP is never limited)")
     rrl.add_argument("--rrl-rate", type=_non_negative, default=0.0, metavar="N",
                      help="answers per second to one client network beyond which UDP answers are held back "
@@ -112,8 +115,15 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         tcp_idle_timeout=args.tcp_idle_timeout, reload_interval=args.reload_interval,
         rate_limit=RateLimit(args.rrl_rate, args.rrl_slip, args.rrl_ipv4_prefix, args.rrl_ipv6_prefix)
         if args.rrl_rate > 0 else None,
-        admin=args.admin,
+        admin=args.admin, workers=args.workers, log_format=args.log_format, log_level=args.log_level,
     )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
 
 
 def _non_negative(text: str) -> float:

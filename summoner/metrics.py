@@ -29,6 +29,11 @@ PROTOCOLS = ("udp", "tcp")
 _TYPE_NAMES = {number: name for number, name in QTYPE.forward.items()}
 
 
+# What QueryStats counted: (protocol, qtype, rcode) → queries; protocol →
+# latency bucket counts; protocol → seconds (``serve --workers`` sends these).
+QueryCounts = tuple[dict[tuple[str, int, int], int], dict[str, list[int]], dict[str, float]]
+
+
 def rcode_name(rcode: int) -> str:
     return "BADVERS" if rcode == BADVERS else RCODE.get(rcode, str(rcode))
 
@@ -55,6 +60,27 @@ class QueryStats:
         counts[key] = counts.get(key, 0) + 1
         self.buckets[protocol][bisect_left(self.bounds, seconds)] += 1
         self.sums[protocol] += seconds
+
+    def drain(self) -> QueryCounts:
+        """What was counted since the last drain, and zero again (a worker
+        process reports its increments so)."""
+        counts = (self.counts, self.buckets, self.sums)
+        self.counts = {}
+        self.buckets = {p: [0] * (len(self.bounds) + 1) for p in PROTOCOLS}
+        self.sums = dict.fromkeys(PROTOCOLS, 0.0)
+        return counts
+
+    def add(self, counts: QueryCounts) -> None:
+        """Another process's drained counts, added to these."""
+        queries, buckets, sums = counts
+        for key, n in queries.items():
+            self.counts[key] = self.counts.get(key, 0) + n
+        for protocol, by_bucket in buckets.items():
+            mine = self.buckets[protocol]
+            for index, n in enumerate(by_bucket):
+                mine[index] += n
+        for protocol, seconds in sums.items():
+            self.sums[protocol] += seconds
 
     def describe(self) -> Iterator[Metric]:
         return iter(self._families({}))

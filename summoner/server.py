@@ -8,7 +8,8 @@ from __future__ import annotations
 import socket
 
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IReactorTCP, IReactorUDP
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorSocket, IReactorTCP, IReactorUDP
 from twisted.logger import Logger
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.protocols.policies import TimeoutMixin
@@ -61,7 +62,9 @@ class DNSDatagramProtocol(protocol.DatagramProtocol):
         else:
             self._send(response, addr)
 
-    def _send(self, response: bytes, addr) -> None:
+    def _send(self, response: bytes | None, addr) -> None:
+        if response is None:  # a relayed query the primary would not answer
+            return
         try:
             self._sendto(response, addr)
         except OSError as exc:  # a full socket buffer or a vanished route: drop, as UDP does
@@ -96,10 +99,13 @@ class DNSStreamProtocol(Int16StringReceiver, TimeoutMixin):
             self.transport.pauseProducing()
         response.addCallback(self._deliver)
 
-    def _deliver(self, response: bytes) -> None:
+    def _deliver(self, response: bytes | None) -> None:
         self.pending -= 1
         if self.pending < MAX_TCP_PENDING:
             self.transport.resumeProducing()
+        if response is None:  # a relayed query the primary would not answer: as above
+            self.transport.loseConnection()
+            return
         if self.transport.connected:
             self.sendString(response)
             self.resetTimeout()
@@ -127,14 +133,43 @@ class DNSStreamFactory(protocol.ServerFactory):
         return proto
 
 
-def listen_dns(reactor: IReactorUDP | IReactorTCP, responder: Responder, host: str, port: int,
-               idle_timeout: float = TCP_IDLE_TIMEOUT, limiter: RateLimiter | None = None) -> tuple:
+def listen_dns(reactor: IReactorUDP | IReactorTCP | IReactorSocket, responder: Responder, host: str, port: int,
+               idle_timeout: float = TCP_IDLE_TIMEOUT, limiter: RateLimiter | None = None,
+               share_port: bool = False) -> tuple:
     """Listen on UDP (rate-limited by ``limiter`` if given) and TCP (never
-    limited) on one address; returns both listening ports."""
-    udp = reactor.listenUDP(port, DNSDatagramProtocol(responder, limiter), interface=host, maxPacketSize=65535)
-    tcp = reactor.listenTCP(udp.getHost().port if port == 0 else port,
-                            DNSStreamFactory(responder, idle_timeout), interface=host, backlog=128)
+    limited) on one address; returns both listening ports.  ``share_port``:
+    with ``SO_REUSEPORT``, so that the other processes of ``serve --workers``
+    can bind the same port (each must set it)."""
+    datagrams, streams = DNSDatagramProtocol(responder, limiter), DNSStreamFactory(responder, idle_timeout)
+    if not share_port:
+        udp = reactor.listenUDP(port, datagrams, interface=host, maxPacketSize=65535)
+        tcp = reactor.listenTCP(udp.getHost().port if port == 0 else port, streams, interface=host, backlog=128)
+        return udp, tcp
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    udp_socket = _shared_socket(family, socket.SOCK_DGRAM, host, port)
+    with udp_socket:
+        tcp_socket = _shared_socket(family, socket.SOCK_STREAM, host, udp_socket.getsockname()[1])
+        with tcp_socket:
+            tcp_socket.listen(128)
+            # adopt*Port duplicate the descriptors: the sockets here are closed after
+            udp = reactor.adoptDatagramPort(udp_socket.fileno(), family, datagrams, maxPacketSize=65535)
+            tcp = reactor.adoptStreamPort(tcp_socket.fileno(), family, streams)
     return udp, tcp
+
+
+def _shared_socket(family: int, kind: int, host: str, port: int) -> socket.socket:
+    """A bound non-blocking socket with SO_REUSEPORT; raises CannotListenError."""
+    sock = socket.socket(family, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setblocking(False)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise CannotListenError(host, port, exc) from exc
+    return sock
 
 
 def stop_listening(ports: tuple) -> defer.Deferred:

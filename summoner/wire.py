@@ -126,6 +126,10 @@ def truncated_reply(data: bytes) -> bytes | None:
     return data[:2] + header + data[12:question_end] + opt
 
 
+# Request bytes and transport ("udp", "tcp") → the response, later or now (None: none at all).
+Relay = Callable[[bytes, str], "bytes | defer.Deferred | None"]
+
+
 @dataclass(frozen=True, slots=True)
 class _Cached:
     tail: bytes  # the encoded response without its ID
@@ -161,9 +165,13 @@ class Responder:
     """Turns request bytes into response bytes (or a Deferred of them, or None
     when the packet deserves no answer at all)."""
 
-    def __init__(self, chain: Chain, cache_limit: int = 50_000) -> None:
+    def __init__(self, chain: Chain, cache_limit: int = 50_000, relay: Relay | None = None) -> None:
+        """``relay``: where queries go that the replay and compiled paths do
+        not settle, instead of the chain (a ``--workers`` worker sends them to
+        the primary, which counts them)."""
         self.chain = chain
         self.cache_limit = cache_limit
+        self.relay = relay
         self._caches: dict[str, dict[bytes, _Cached]] = {"udp": {}, "tcp": {}}
         self.reject = RejectLog()
 
@@ -187,6 +195,8 @@ class Responder:
                 fragment = self.chain.compiled(hot[2], hot[3], hot[4])
                 if fragment is not None:
                     return self._assemble(data, hot, fragment, protocol, started)
+            if self.relay is not None:
+                return self.relay(data, protocol)
             metrics.CACHE_MISSES.inc()
             return self._resolve(data, protocol, started)
         except Exception:

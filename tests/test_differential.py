@@ -74,12 +74,17 @@ remote-control:
         process.wait(timeout=20)
 
 
-@pytest.fixture(scope="module")
-def summoner(zones, tmp_path_factory) -> Iterator[int]:
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-processes"])
+def summoner(request, zones, tmp_path_factory) -> Iterator[int]:
+    """summoner alone, and with ``--workers 2``: each question comes from its
+    own source port, so the corpus is spread over both processes."""
+    from tests.arrowhead_double.fixtures import wait_for
     from tests.conftest import launch
-    server = launch(tmp_path_factory.mktemp("differential-summoner"), zones, "--no-on-demand")
+    server = launch(tmp_path_factory.mktemp("differential-summoner"), zones, "--no-on-demand",
+                    "--workers", str(request.param))
     try:
         wait_answering(server.port)
+        wait_for(lambda: server.metric("summoner_dns_workers") == request.param - 1, what="the workers answering")
         yield server.port
     finally:
         server.stop()
