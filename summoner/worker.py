@@ -26,6 +26,7 @@ from summoner.server import listen_dns
 from summoner.static import StaticStage
 from summoner.wire import Responder
 from summoner.workers import (
+    MAX_RELAYED,
     REPORT_INTERVAL,
     Counts,
     Link,
@@ -98,7 +99,10 @@ class PrimaryLink(Link):
         self.reporting.start(REPORT_INTERVAL, now=False)
         self.send(Ready(os.getpid()))
 
-    def relay(self, data: bytes, protocol: str) -> defer.Deferred:
+    def relay(self, data: bytes, protocol: str) -> defer.Deferred | None:
+        if len(self.waiting) >= MAX_RELAYED:
+            self.responder.reject("relay", f"{MAX_RELAYED} queries already wait on the primary")
+            return None
         self.next_id += 1
         answer: defer.Deferred = defer.Deferred()
         self.waiting[self.next_id] = answer

@@ -55,6 +55,9 @@ log = Logger(namespace="summoner.workers")
 MAX_FRAME = 256 * 1024 * 1024
 RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 REPORT_INTERVAL = 1.0
+# Relayed queries a worker waits on at once (a boot can hold each for its whole
+# timeout); beyond it more go unanswered, and their clients retry.
+MAX_RELAYED = 10_000
 # Counters a worker adds to on its own; the primary adds its increments to the same ones.
 WORKER_COUNTERS: tuple[Counter, ...] = (metrics.REJECTED, metrics.TRUNCATED, metrics.CACHE_MISSES, LIMITED)
 
@@ -181,9 +184,10 @@ class WorkerLink(Link):
     def connectionMade(self) -> None:  # noqa: N802
         self.pid = self.transport.pid
         self.open = True
-        self.send(self.pool.listen)
+        # zones first: a worker listens once it has them, so it never answers from an empty zone set
         if self.pool.zones is not None:
             self.send(self.pool.zones)
+        self.send(self.pool.listen)
 
     def received(self, message: object) -> None:
         if isinstance(message, Relay):
