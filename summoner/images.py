@@ -35,6 +35,7 @@ BOOT_KINDS = ("kernel", "disk")
 DISK_FORMATS = ("qcow2", "raw")
 MACHINES = ("pc", "q35", "microvm")
 IP_CONFIGS = ("kernel-cmdline", "dhcp")
+IPV6_CONFIGS = ("none", "kernel-cmdline")
 STOP_MODES = ("destroy", "shutdown", "suspend", "snapshot")
 # Image names become DNS labels and libvirt domain names: one lower-case label.
 _NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -92,6 +93,9 @@ class ProbeSpec:
 @dataclass(frozen=True, slots=True)
 class NetworkSpec:
     ip_config: str = "kernel-cmdline"
+    # "kernel-cmdline": the guest adds the address of summoner_ip6= itself
+    # (images/common/net6.c) before it serves; "none": IPv4 only
+    ipv6_config: str = "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,9 +302,12 @@ def load_manifest(path: str | Path) -> ImageManifest:
     t.finish()
 
     t = _table(source, doc, "network")
-    network = NetworkSpec(ip_config=t.choice("ip_config", IP_CONFIGS, "kernel-cmdline" if kind == "kernel" else "dhcp"))
+    network = NetworkSpec(ip_config=t.choice("ip_config", IP_CONFIGS, "kernel-cmdline" if kind == "kernel" else "dhcp"),
+                          ipv6_config=t.choice("ipv6_config", IPV6_CONFIGS, "none"))
     if network.ip_config == "kernel-cmdline" and kind != "kernel":
         raise t.error("ip_config", '"kernel-cmdline" needs boot.kind = "kernel" (a disk image has no command line)')
+    if network.ipv6_config == "kernel-cmdline" and kind != "kernel":
+        raise t.error("ipv6_config", '"kernel-cmdline" needs boot.kind = "kernel" (a disk image has no command line)')
     t.finish()
 
     t = _table(source, doc, "reap")

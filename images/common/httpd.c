@@ -14,6 +14,7 @@
  */
 #define _GNU_SOURCE
 #include "httpd.h"
+#include "net6.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -502,12 +503,26 @@ static void accept_all(int lfd)
     }
 }
 
+/* One dual-stack socket ([::], IPV6_V6ONLY off: IPv4 clients arrive as
+ * ::ffff:a.b.c.d); a plain IPv4 one on a kernel without IPv6. */
 static int open_listener(uint16_t port)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1, zero = 0;
+    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd >= 0) {
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+        struct sockaddr_in6 addr6 = {.sin6_family = AF_INET6, .sin6_port = htons(port), .sin6_addr = in6addr_any};
+        if (bind(fd, (struct sockaddr *)&addr6, sizeof addr6) == 0 && listen(fd, 128) == 0)
+            return fd;
+        close(fd);
+        return -1;
+    }
+    if (errno != EAFNOSUPPORT)
+        return -1;
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
-    int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     struct sockaddr_in addr = {
         .sin_family = AF_INET,
@@ -543,6 +558,16 @@ void http_serve(const struct http_config *cfg)
         if (p > 0 && p < 65536)
             port = (uint16_t)p;
     }
+    /* The IPv6 address (bridge mode, a host with an AAAA record) before the
+     * listener: summoner answers the AAAA once the guest answers HTTP, so a
+     * guest that answers must have the address.  Until it does, no listener. */
+    char why[160];
+    while (net6_configure(why, sizeof why) < 0) {
+        char line[200];
+        snprintf(line, sizeof line, "cannot configure IPv6 (%s), retrying", why);
+        console_log(cfg->name, line);
+        sleep(1);
+    }
     int lfd;
     while ((lfd = open_listener(port)) < 0) {
         /* Exiting would panic the guest; keep retrying so a transient failure
@@ -551,7 +576,9 @@ void http_serve(const struct http_config *cfg)
         sleep(1);
     }
     char msg[64];
-    snprintf(msg, sizeof msg, "listening on 0.0.0.0:%u", (unsigned)port);
+    const char *ip6 = getenv("summoner_ip6");
+    snprintf(msg, sizeof msg, "listening on port %u%s%s", (unsigned)port, ip6 ? ", IPv6 address " : "",
+             ip6 ? ip6 : "");
     console_log(cfg->name, msg);
 
     struct pollfd pfds[MAX_CONNS + 1];

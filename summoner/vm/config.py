@@ -28,6 +28,10 @@ class OnDemandConfig:
     # line; the gateway and netmask of that segment come from here.
     bridge_gateway: str = ""
     bridge_netmask: str = "255.255.255.0"
+    # IPv6 (hosts with an AAAA): the prefix length of the segment, and a
+    # default router for guests ("" none: only the segment reaches them)
+    bridge_ipv6_prefix: int = 64
+    bridge_ipv6_gateway: str = ""
     machine: str = "pc"  # when the image's manifest names none
     max_vms: int = 16
     memory_budget_mib: int = 4096
@@ -85,6 +89,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                    help="gateway given to guests in bridge mode")
     g.add_argument("--bridge-netmask", default=d.bridge_netmask, metavar="MASK",
                    help="netmask given to guests in bridge mode (default: %(default)s)")
+    g.add_argument("--bridge-ipv6-prefix", type=int, choices=range(1, 129), default=d.bridge_ipv6_prefix,
+                   metavar="BITS", help="prefix length of the IPv6 address given to guests whose host has an "
+                                        "AAAA record, in bridge mode (default: %(default)s)")
+    g.add_argument("--bridge-ipv6-gateway", default=d.bridge_ipv6_gateway, metavar="ADDR",
+                   help="IPv6 default router given to those guests (default: none, the segment only)")
     g.add_argument("--machine", default=d.machine,
                    help="QEMU machine type for images that name none (default: %(default)s)")
     g.add_argument("--max-vms", type=_positive_int, default=d.max_vms,
@@ -134,6 +143,8 @@ def config_from_args(args: argparse.Namespace) -> OnDemandConfig:
         bridge=args.bridge,
         bridge_gateway=args.bridge_gateway,
         bridge_netmask=args.bridge_netmask,
+        bridge_ipv6_prefix=args.bridge_ipv6_prefix,
+        bridge_ipv6_gateway=args.bridge_ipv6_gateway,
         machine=args.machine,
         max_vms=args.max_vms,
         memory_budget_mib=args.memory_budget_mib,

@@ -32,6 +32,8 @@ class NetworkSettings:
     bridge: str = "br0"
     gateway: str = ""
     netmask: str = "255.255.255.0"
+    ipv6_prefix: int = 64
+    ipv6_gateway: str = ""
 
 
 @dataclass(frozen=True)
@@ -92,9 +94,17 @@ def qemu_log_path(domain_name: str) -> str:
 
 
 def guest_ip_arg(spec: VMSpec, net: NetworkSettings) -> str:
+    """The kernel's ip= (IPv4); in bridge mode for a host with an AAAA also
+    summoner_ip6= (and summoner_ip6gw=), which the kernel hands to the
+    guest's init as environment variables (images/common/net6.c)."""
     if net.mode == "user":
         return "ip=" + USER_GUEST_IP
-    return f"ip={spec.address}::{net.gateway}:{net.netmask}::eth0:off"
+    args = [f"ip={spec.address}::{net.gateway}:{net.netmask}::eth0:off"]
+    if spec.address6 is not None:
+        args.append(f"summoner_ip6={spec.address6}/{net.ipv6_prefix}")
+        if net.ipv6_gateway:
+            args.append(f"summoner_ip6gw={net.ipv6_gateway}")
+    return " ".join(args)
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:

@@ -76,7 +76,8 @@ class Fleet:
         self.backend = backend
         self.services: dict[str, Service] = {}
         self.by_domain: dict[str, Service] = {}
-        net = NetworkSettings(config.network, config.bridge, config.bridge_gateway, config.bridge_netmask)
+        net = NetworkSettings(config.network, config.bridge, config.bridge_gateway, config.bridge_netmask,
+                              config.bridge_ipv6_prefix, config.bridge_ipv6_gateway)
         self.virt = VirtDecision(config.virt_type, reactor, backend, config.domain_prefix)
         threads = IReactorThreads(reactor)
         self.snapshots = SnapshotStore(config.state_dir, config.snapshot_budget_mib,

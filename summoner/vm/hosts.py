@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from dnslib import QTYPE, RR
 
-from summoner.images import STOP_MODES
+from summoner.images import STOP_MODES, ImageManifest
 from summoner.zonefile import Zone, ZoneError
 
 LABEL = "_summoner"
@@ -54,6 +54,7 @@ class OnDemandHost:
     port: int | None = None
     ttl: int | None = None
     extra: dict[str, str] = field(default_factory=dict, compare=False)
+    address6: str | None = None     # bridge mode: the IPv6 address the guest is given (its AAAA record)
 
     def records_of(self, qtype: int) -> list[RR]:
         return [rr for rr in self.records if rr.rtype == qtype]
@@ -62,6 +63,8 @@ class OnDemandHost:
         """Changes whenever something that shapes the VM changes."""
         parts = [self.name, self.image, self.address, repr(self.memory_mib), repr(self.vcpus),
                  repr(self.port), repr(self.probe_path)]
+        if self.address6 is not None:  # only when set: IPv4-only hosts keep their fingerprint
+            parts.append(self.address6)
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
@@ -167,7 +170,7 @@ def _declarations(zone: Zone) -> dict[str, list[RR]]:
     return declared
 
 
-def _check_image(host_key: str, image: str, where: str, images: Mapping[str, object] | None) -> None:
+def _check_image(host_key: str, image: str, where: str, images: Mapping[str, ImageManifest] | None) -> None:
     if host_key.startswith("*"):
         raise _DeclarationError(f"{where}: on-demand hosts cannot be wildcards ({host_key})")
     if images is not None and image not in images:
@@ -175,8 +178,8 @@ def _check_image(host_key: str, image: str, where: str, images: Mapping[str, obj
         raise _DeclarationError(f"{where}: unknown image {image!r} (images: {known})")
 
 
-def _address_records(zone: Zone, host_key: str, where: str, network: str) -> tuple[str, list[RR]]:
-    """The host's one IPv4 address and its A/AAAA records."""
+def _address_records(zone: Zone, host_key: str, where: str, network: str) -> tuple[str, str | None, list[RR]]:
+    """The host's one IPv4 address, its IPv6 address if any, and its A/AAAA records."""
     records = [rr for rr in zone.records.get(host_key, []) if rr.rtype in (QTYPE.A, QTYPE.AAAA)]
     v4 = [str(rr.rdata) for rr in records if rr.rtype == QTYPE.A]
     v6 = [rr for rr in records if rr.rtype == QTYPE.AAAA]
@@ -194,10 +197,25 @@ def _address_records(zone: Zone, host_key: str, where: str, network: str) -> tup
         if v6:
             raise _DeclarationError(f"{zone.location(host_key, QTYPE.AAAA)}: {host_key} has an AAAA record, "
                            f"but --network user forwards IPv4 loopback only; use --network bridge")
-    return address, records
+    if len(v6) > 1:
+        raise _DeclarationError(f"{zone.location(host_key, QTYPE.AAAA)}: on-demand host {host_key} has "
+                       f"{len(v6)} AAAA records; one VM has one address of each family")
+    return address, str(v6[0].rdata) if v6 else None, records
 
 
-def _host(zone: Zone, host_key: str, txts: list[RR], images: Mapping[str, object] | None, network: str,
+def _check_ipv6(host_key: str, image: str, address6: str | None, zone: Zone,
+                images: Mapping[str, ImageManifest] | None) -> None:
+    """An AAAA is answered only for a guest that gets its address: the image must configure it."""
+    if address6 is None or images is None or image not in images:
+        return
+    if images[image].network.ipv6_config == "none":
+        raise _DeclarationError(f"{zone.location(host_key, QTYPE.AAAA)}: {host_key} has AAAA {address6}, but "
+                       f"image {image!r} does not configure IPv6 ([network] ipv6_config is \"none\"), so "
+                       f"nothing would listen there; remove the AAAA or use an image with "
+                       f"ipv6_config = \"kernel-cmdline\"")
+
+
+def _host(zone: Zone, host_key: str, txts: list[RR], images: Mapping[str, ImageManifest] | None, network: str,
           problems: list[str]) -> OnDemandHost | None:
     """The declaration of ``host_key``, or None with its problems added."""
     where = zone.location(LABEL + "." + host_key, QTYPE.TXT)
@@ -210,7 +228,8 @@ def _host(zone: Zone, host_key: str, txts: list[RR], images: Mapping[str, object
     image = str(values["image"])
     try:
         _check_image(host_key, image, where, images)
-        address, records = _address_records(zone, host_key, where, network)
+        address, address6, records = _address_records(zone, host_key, where, network)
+        _check_ipv6(host_key, image, address6, zone, images)
     except _DeclarationError as problem:
         problems.append(str(problem))
         return None
@@ -221,11 +240,11 @@ def _host(zone: Zone, host_key: str, txts: list[RR], images: Mapping[str, object
         memory_mib=values.get("memory"), vcpus=values.get("vcpus"), idle=values.get("idle"),
         stop=values.get("stop"), boot_timeout=values.get("boot_timeout"),
         probe_path=values.get("probe_path"), port=values.get("port"), ttl=values.get("ttl"),
-        extra=extra,
+        extra=extra, address6=address6,
     )
 
 
-def split_on_demand(zones: Iterable[Zone], images: Mapping[str, object] | None = None,
+def split_on_demand(zones: Iterable[Zone], images: Mapping[str, ImageManifest] | None = None,
                     network: str = "user") -> tuple[list[Zone], list[OnDemandHost]]:
     """Take on-demand declarations out of ``zones``.
 

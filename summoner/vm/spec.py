@@ -45,6 +45,7 @@ class VMSpec:
     config_hash: str         # written into the domain's metadata; a change means "reboot"
     machine: str = "pc"
     snapshot_boot: bool = False  # cold starts restore the golden snapshot of the first boot
+    address6: str | None = None  # bridge mode: the guest's IPv6 address (the host's AAAA)
 
 
 def domain_name_for(config: OnDemandConfig, service: str) -> str:
@@ -60,6 +61,7 @@ def build_spec(host: OnDemandHost, manifest: ImageManifest, config: OnDemandConf
     boot, probe, reap = manifest.boot, manifest.probe, manifest.reap
     digest = hashlib.sha256("\0".join([
         manifest.config_hash(), host.fingerprint(), config.network, config.bridge,
+        *([str(config.bridge_ipv6_prefix), config.bridge_ipv6_gateway] if host.address6 else []),
     ]).encode()).hexdigest()[:16]
     return VMSpec(
         service=host.name,
@@ -86,6 +88,7 @@ def build_spec(host: OnDemandHost, manifest: ImageManifest, config: OnDemandConf
         config_hash=digest,
         machine=boot.machine or config.machine,
         snapshot_boot=boot.snapshot_boot and config.snapshot_boot,
+        address6=host.address6 if config.network == "bridge" else None,
     )
 
 

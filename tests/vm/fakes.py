@@ -76,11 +76,12 @@ STOPPED, SHUTDOWN = DomainEvent.STOPPED, DomainEvent.SHUTDOWN
 
 def manifest(name: str, *, boot_timeout: float = 2.0, idle: float = 300, stop_mode: str = "destroy",
              memory: int = 64, interval_ms: int = 10, directory: Path | None = None,
-             kernel: str = "fakes.py", build: str = "build 1") -> ImageManifest:
+             kernel: str = "fakes.py", build: str = "build 1", ipv6: bool = False) -> ImageManifest:
     """A real ``ImageManifest``, as ``load_manifest`` would make it, of a
     kernel-boot image whose "kernel" is a file that exists (so the image
     counts as built).  ``build`` stands for the manifest's content: a
-    different value is a different manifest (a new config hash)."""
+    different value is a different manifest (a new config hash).  ``ipv6``:
+    the guest configures the address of summoner_ip6= (as hello and tasks do)."""
     directory = directory or Path(__file__).parent
     probe = ProbeSpec(path="/", expect_status=200, interval_ms=interval_ms, boot_timeout_s=boot_timeout,
                       request_timeout_ms=300)
@@ -89,7 +90,8 @@ def manifest(name: str, *, boot_timeout: float = 2.0, idle: float = 300, stop_mo
     return ImageManifest(
         name=name, description=f"test image {name}", path=(directory / "image.toml").resolve(),
         boot=BootSpec(kind="kernel", kernel=(directory / kernel).resolve(), cmdline="console=ttyS0"),
-        resources=resources, service=ServiceSpec(port=18080), probe=probe, network=NetworkSpec(), reap=reap,
+        resources=resources, service=ServiceSpec(port=18080), probe=probe,
+        network=NetworkSpec(ipv6_config="kernel-cmdline" if ipv6 else "none"), reap=reap,
         build=BuildSpec(), canonical=repr((name, build, probe, reap, resources)))
 
 

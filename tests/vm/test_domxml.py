@@ -140,6 +140,15 @@ def test_kernel_boot_in_bridge_mode():
     assert qemu_args(root) == []  # no hostfwd: the guest has its own address
 
 
+def test_a_bridge_mode_host_with_an_aaaa_gives_the_guest_its_ipv6_address():
+    spec = dataclasses.replace(KERNEL, address="192.0.2.7", address6="2001:db8::7")
+    cmdline = ET.fromstring(domain_xml(spec, "kvm", BRIDGE)).findtext("os/cmdline")
+    assert cmdline.endswith(" ip=192.0.2.7::192.0.2.1:255.255.255.0::eth0:off summoner_ip6=2001:db8::7/64")
+    routed = dataclasses.replace(BRIDGE, ipv6_prefix=56, ipv6_gateway="2001:db8::1")
+    cmdline = ET.fromstring(domain_xml(spec, "kvm", routed)).findtext("os/cmdline")
+    assert cmdline.endswith(" summoner_ip6=2001:db8::7/56 summoner_ip6gw=2001:db8::1")
+
+
 def test_disk_boot():
     root = ET.fromstring(domain_xml(DISK, "qemu", USER, DISK.machine))
     assert root.find("os/kernel") is None and root.find("os/cmdline") is None

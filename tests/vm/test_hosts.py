@@ -9,6 +9,7 @@ from dnslib import QTYPE
 
 from summoner.vm.hosts import split_on_demand
 from summoner.zonefile import ZoneError, parse_zone_text
+from tests.vm.fakes import manifest
 
 HEAD = """$ORIGIN example.org.
 $TTL 300
@@ -16,7 +17,8 @@ $TTL 300
   IN NS ns1
 ns1 IN A 127.0.0.1
 """
-IMAGES = {"hello": object(), "tasks": object()}
+IMAGES = {"hello": manifest("hello", ipv6=True), "tasks": manifest("tasks", ipv6=True),
+          "ipv4only": manifest("ipv4only")}
 
 
 def zone(body: str):
@@ -78,7 +80,29 @@ def test_bridge_mode_accepts_routable_addresses_and_aaaa():
     z = zone('x IN A 192.0.2.1\nx IN AAAA 2001:db8::1\n_summoner.x IN TXT "image=hello"\n')
     _zones, hosts = split_on_demand([z], IMAGES, network="bridge")
     assert hosts[0].address == "192.0.2.1"
+    assert hosts[0].address6 == "2001:db8::1"
     assert len(hosts[0].records) == 2
+
+
+def test_an_aaaa_needs_an_image_that_configures_ipv6():
+    """Otherwise the AAAA would send dual-stack clients where nothing listens."""
+    z = zone('x IN A 192.0.2.1\nx IN AAAA 2001:db8::1\n_summoner.x IN TXT "image=ipv4only"\n')
+    with pytest.raises(ZoneError) as error:
+        split_on_demand([z], IMAGES, network="bridge")
+    [problem] = error.value.problems
+    assert problem == ("example.org.zone:7: x.example.org has AAAA 2001:db8::1, but image 'ipv4only' does not "
+                       'configure IPv6 ([network] ipv6_config is "none"), so nothing would listen there; remove '
+                       'the AAAA or use an image with ipv6_config = "kernel-cmdline"')
+    # without an AAAA the same image is fine
+    z = zone('x IN A 192.0.2.1\n_summoner.x IN TXT "image=ipv4only"\n')
+    assert split_on_demand([z], IMAGES, network="bridge")[1][0].address6 is None
+
+
+def test_one_vm_has_one_ipv6_address():
+    z = zone('x IN A 192.0.2.1\nx IN AAAA 2001:db8::1\nx IN AAAA 2001:db8::2\n_summoner.x IN TXT "image=hello"\n')
+    with pytest.raises(ZoneError) as error:
+        split_on_demand([z], IMAGES, network="bridge")
+    assert "has 2 AAAA records; one VM has one address of each family" in error.value.problems[0]
 
 
 def test_image_check_is_optional():

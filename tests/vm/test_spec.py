@@ -56,6 +56,21 @@ def test_what_changes_the_vm_changes_its_config_hash():
     assert build_spec(host("hello", "127.0.0.5", "hello", idle=5.0), manifest, OnDemandConfig()).config_hash == base
 
 
+def test_a_bridge_guest_gets_the_ipv6_address_and_a_new_one_is_a_new_vm():
+    manifest = load_manifest(HELLO)
+    assert manifest.network.ipv6_config == "kernel-cmdline"
+    bridge = OnDemandConfig(network="bridge")
+    v4 = build_spec(host("hello", "192.0.2.5", "hello"), manifest, bridge)
+    dual = build_spec(host("hello", "192.0.2.5", "hello", address6="2001:db8::5"), manifest, bridge)
+    assert (v4.address6, dual.address6) == (None, "2001:db8::5")
+    assert dual.config_hash != v4.config_hash
+    moved = build_spec(host("hello", "192.0.2.5", "hello", address6="2001:db8::6"), manifest, bridge)
+    assert moved.config_hash != dual.config_hash
+    other_prefix = build_spec(host("hello", "192.0.2.5", "hello", address6="2001:db8::5"), manifest,
+                              dataclasses.replace(bridge, bridge_ipv6_prefix=56))
+    assert other_prefix.config_hash != dual.config_hash
+
+
 def test_snapshot_boot_comes_from_the_image_unless_the_server_turns_it_off():
     manifest = load_manifest(HELLO)
     assert manifest.boot.snapshot_boot  # the shipped hello cold-starts from its golden snapshot
