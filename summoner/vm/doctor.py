@@ -10,7 +10,8 @@ libvirt's own ``virt-host-validate`` is run and reported as it is rather than
 re-implemented; summoner's checks cover what it cannot know (which user QEMU
 runs as, libvirt's domain start-up time, the images' ports).
 
-Tests: tests/test_doctor.py, tests/vm/test_fresh_host.py.
+Tests: tests/test_doctor.py, tests/vm/test_fresh_host.py; the bridge checks (bridgecheck.py):
+tests/vm/test_bridge.py.
 """
 
 from __future__ import annotations
@@ -341,6 +342,8 @@ def host_checks(plan: Plan) -> list[Finding]:
     findings = check_images(plan.config.images, {s.image for s in plan.specs}, user)
     findings.append(check_kvm_device(user))
     findings.append(check_port_limits(plan.specs, user, plan.config.network))
+    from summoner.vm.bridgecheck import check_bridge  # it builds on this module's Finding
+    findings += check_bridge(plan.config)
     return findings + virt_host_validate()
 
 

@@ -11,6 +11,7 @@ leaves these namespaces; they are removed however the tests end.
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.netns import BRIDGE, CLIENT4, GATEWAY4, Segment, bridged_segment
+from tests.netns import BRIDGE, CLIENT4, GATEWAY4, GATEWAY6, Segment, bridged_segment, run
 from tests.vm.conftest import IMAGE_DIRS
 
 HELLO4, HELLO6 = "192.0.2.10", "2001:db8::10"
@@ -187,3 +188,40 @@ def test_the_namespaces_reach_nothing_outside_them(segment):
     routes = segment.client_run("ip", "route", "show").stdout
     assert routes.split() == ["192.0.2.0/24", "dev", "vsm-c", "proto", "kernel", "scope", "link", "src", CLIENT4]
     assert "default" not in segment.client_run("ip", "-6", "route", "show").stdout
+
+
+def doctor(segment: Segment, zones: Path, *flags: str) -> dict[str, dict]:
+    """``summoner doctor --json`` in the server's namespace, findings by check."""
+    done = subprocess.run(segment.in_server(sys.executable, "-m", "summoner", "doctor", "--json", "--zones",
+                                            str(zones), "--network", "bridge", "--libvirt-uri", segment.uri,
+                                            "--virt-type", "qemu", *IMAGE_DIRS, *flags),
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    return {f["check"]: f for f in json.loads(done.stdout)}
+
+
+def test_doctor_checks_the_bridge_its_gateways_and_forwarding(segment, tmp_path):
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    (zones / "edge.test.zone").write_text(ZONE.format(hello='"idle=300"'))
+    found = doctor(segment, zones, "--bridge", BRIDGE, "--bridge-gateway", GATEWAY4,
+                   "--bridge-ipv6-gateway", GATEWAY6)
+    assert found["bridge"]["level"] == "ok" and "192.0.2.1/24" in found["bridge"]["detail"]
+    # this host is the guests' gateway, but a new namespace does not forward
+    assert found["bridge-gateway"]["level"] == "warn"
+    assert found["bridge-gateway"]["fix"].startswith("sysctl -w net.ipv4.ip_forward=1")
+    assert found["bridge-gateway6"]["fix"].startswith("sysctl -w net.ipv6.conf.all.forwarding=1")
+    run(*segment.in_server("sysctl", "-qw", "net.ipv4.ip_forward=1"))
+    try:
+        found = doctor(segment, zones, "--bridge", BRIDGE, "--bridge-gateway", GATEWAY4)
+    finally:
+        run(*segment.in_server("sysctl", "-qw", "net.ipv4.ip_forward=0"))
+    assert found["bridge-gateway"]["level"] == "ok"
+    assert found["bridge-gateway6"]["level"] == "ok"  # none given: the segment only
+    # a router elsewhere on the segment is fine; one off it is not
+    assert doctor(segment, zones, "--bridge", BRIDGE, "--bridge-gateway", "192.0.2.254")["bridge-gateway"][
+        "level"] == "ok"
+    elsewhere = doctor(segment, zones, "--bridge", BRIDGE, "--bridge-gateway", "198.51.100.1")["bridge-gateway"]
+    assert elsewhere["level"] == "warn" and f"dev {BRIDGE}" in elsewhere["fix"]
+    missing = doctor(segment, zones, "--bridge", "br-absent")["bridge"]
+    assert missing["level"] == "fail"
+    assert missing["fix"].startswith("ip link add br-absent type bridge")
