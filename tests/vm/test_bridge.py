@@ -225,3 +225,18 @@ def test_doctor_checks_the_bridge_its_gateways_and_forwarding(segment, tmp_path)
     missing = doctor(segment, zones, "--bridge", "br-absent")["bridge"]
     assert missing["level"] == "fail"
     assert missing["fix"].startswith("ip link add br-absent type bridge")
+
+
+def test_a_suspended_guest_on_the_bridge_is_resumed_by_the_next_query(segment, bridge_server):
+    server = bridge_server(hello='"idle=2" "stop=suspend"')
+    assert dig(segment, "hello.edge.test", "A") == [HELLO4]
+    deadline = time.monotonic() + 20
+    while segment.virsh("domstate", domain_of(segment)).stdout.strip() != "paused":
+        assert time.monotonic() < deadline, f"not suspended after its idle timeout:\n{server.log()[-2000:]}"
+        time.sleep(0.3)
+    assert dig(segment, "hello.edge.test", "AAAA", timeout=5) == [HELLO6]
+    assert segment.virsh("domstate", domain_of(segment)).stdout.strip() == "running"
+    assert http_status(segment, HELLO6) == "200" and http_status(segment, HELLO4) == "200"
+    # resumed, not booted again: one boot, and the same guest
+    assert server.metric("summoner_vm_boots_total", service="hello.edge.test", result="success") == 1
+    assert server.metric("summoner_vm_reaps_total", reason="idle") == 1
