@@ -10,6 +10,7 @@ Tests: tests/test_workers.py
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 from twisted.internet import defer, protocol, task
@@ -129,6 +130,9 @@ class PrimaryLink(Link):
 def main() -> None:
     from twisted.internet import reactor, stdio
 
+    # A SIGHUP meant for summoner (reload the zones) may reach the whole
+    # process group; the primary reloads and sends the zones here.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     stdio.StandardIO(PrimaryLink(reactor))
     reactor.run()
 
