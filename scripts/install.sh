@@ -9,6 +9,10 @@ PACKAGES=(
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-dev dnsmasq-base pkg-config
   # building the guest kernel and the unikernel images
   linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev musl-tools cpio lz4 busybox-static
+  # aarch64 guests: the cross compiler and static glibc for the kernel and images, QEMU's aarch64 emulator
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm
+  # ip and ss: bridge-mode tests build network namespaces, the workers tests read sockets
+  iproute2
   # DNS clients and reference tools used by tests and benchmarks
   bind9-utils bind9-dnsutils knot-dnsutils dnsperf nsd prometheus
   # a real recursive resolver in front of two summoners (tests/vm/test_federation.py)

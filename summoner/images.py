@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import platform
 import re
 import subprocess
 import tomllib
@@ -34,6 +35,34 @@ MANIFEST_NAME = "image.toml"
 BOOT_KINDS = ("kernel", "disk")
 DISK_FORMATS = ("qcow2", "raw")
 MACHINES = ("pc", "q35", "microvm")
+ARCHES = ("x86_64", "aarch64")
+# The QEMU machine types summoner boots each architecture on (first: default).
+MACHINES_BY_ARCH = {"x86_64": MACHINES, "aarch64": ("virt",)}
+
+
+def host_arch() -> str:
+    """This host's architecture in manifest terms (``uname -m``; arm64 is aarch64)."""
+    machine = platform.machine()
+    return "aarch64" if machine in ("arm64", "aarch64") else machine
+
+
+def kernel_arch(path: Path) -> str | None:
+    """The architecture a kernel file is built for, from its header: an ELF's
+    e_machine, the arm64 Image magic, or the x86 bzImage signature; None for
+    anything else (or a file that cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(0x210)
+    except OSError:
+        return None
+    if head[:4] == b"\x7fELF" and len(head) >= 20:
+        e_machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+        return {62: "x86_64", 183: "aarch64"}.get(e_machine, f"ELF machine {e_machine}")
+    if head[0x38:0x3C] == b"ARM\x64":
+        return "aarch64"
+    if head[0x202:0x206] == b"HdrS":
+        return "x86_64"
+    return None
 IP_CONFIGS = ("kernel-cmdline", "dhcp")
 IPV6_CONFIGS = ("none", "kernel-cmdline")
 STOP_MODES = ("destroy", "shutdown", "suspend", "snapshot")
@@ -54,6 +83,7 @@ class ImageBuildError(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class BootSpec:
     kind: str  # "kernel" | "disk"
+    arch: str = "x86_64"  # the guest's architecture (ARCHES)
     machine: str | None = None  # None: the server's --machine (default pc)
     # Cold starts restore a snapshot taken right after the first boot's probe
     # succeeded (a "golden" snapshot) instead of booting.
@@ -254,12 +284,16 @@ def load_manifest(path: str | Path) -> ImageManifest:
 
     t = _table(source, doc, "boot")
     kind = t.choice("kind", BOOT_KINDS)
-    # None: the server's --machine decides
-    machine = t.choice("machine", MACHINES) if "machine" in t.data else None
+    arch = t.choice("arch", ARCHES, host_arch() if host_arch() in ARCHES else "x86_64")
+    # None: the server's --machine decides (x86_64), virt (aarch64)
+    machine = t.choice("machine", MACHINES_BY_ARCH[arch]) if "machine" in t.data else None
+    if arch != "x86_64" and machine is None:
+        machine = MACHINES_BY_ARCH[arch][0]
     if kind == "kernel":
         t.forbid(("disk", "format"), 'only for kind = "disk"')
         boot = BootSpec(
             kind=kind,
+            arch=arch,
             machine=machine,
             kernel=t.path("kernel", base, required=True),
             initrd=t.path("initrd", base, required=False),
@@ -271,12 +305,18 @@ def load_manifest(path: str | Path) -> ImageManifest:
         t.forbid(("kernel", "initrd", "cmdline"), 'only for kind = "kernel"')
         boot = BootSpec(
             kind=kind,
+            arch=arch,
             machine=machine,
             disk=t.path("disk", base, required=True),
             format=t.choice("format", DISK_FORMATS),
             firmware=t.path("firmware", base, required=False),
             snapshot_boot=t.get("snapshot_boot", bool, False),
         )
+    found = kernel_arch(boot.kernel) if boot.kernel is not None else None
+    if found is not None and found != arch:
+        # a built kernel of another architecture: QEMU would start and the guest never run
+        raise t.error("arch", f"{arch!r}, but {boot.kernel} is an {found} kernel; set arch = {found!r} "
+                              f"or point kernel at an {arch} build")
     t.finish()
 
     t = _table(source, doc, "resources")
@@ -371,7 +411,7 @@ def discover_images(images_dir: str | Path, errors: list[ManifestError] | None =
 # ---- building ---------------------------------------------------------------------
 
 # Makefile targets that are not images of their own.
-_EXTRA_TARGETS = ("all", "kernel", "silent")
+_EXTRA_TARGETS = ("all", "x86_64", "aarch64", "kernel", "kernel-arm64", "silent")
 
 
 def discover_in(images_dirs: Iterable[Path]) -> dict[str, ImageManifest]:

@@ -39,10 +39,13 @@ def qemu_command(manifest: ImageManifest, host: str, port: int, *, accel: str = 
     # kernel command line itself, which our kernel understands.
     machine = "microvm,acpi=off" if microvm else boot.machine or "pc"
     nic = "virtio-net-device" if microvm else "virtio-net-pci"
+    aarch64 = boot.arch == "aarch64"
     argv = [
-        "qemu-system-x86_64",
+        "qemu-system-aarch64" if aarch64 else "qemu-system-x86_64",
         "-accel", accel,
         "-M", machine,
+        # virt's default CPU is a 32-bit Cortex-A15 (what the libvirt domain sets too)
+        *(["-cpu", "host" if accel == "kvm" else "cortex-a57"] if aarch64 else []),
         "-nodefaults", "-no-user-config",
         "-display", "none",
         "-m", str(manifest.resources.memory_mib),

@@ -26,6 +26,7 @@ from summoner.images import (
     ManifestError,
     build_image,
     discover_images,
+    kernel_arch,
     load_manifest,
 )
 from summoner.rawqemu import RawVM, http_get
@@ -189,7 +190,35 @@ BROKEN = {
     "unknown ip_config": (_replace('ip_config = "kernel-cmdline"', 'ip_config = "x"'), "network.ip_config: must be"),
     "cmdline network on disk": (MINIMAL_DISK + '[network]\nip_config = "kernel-cmdline"\n',
                                 'network.ip_config: "kernel-cmdline" needs boot.kind = "kernel"'),
+    "cmdline ipv6 on disk": (MINIMAL_DISK + '[network]\nip_config = "dhcp"\nipv6_config = "kernel-cmdline"\n',
+                             'network.ipv6_config: "kernel-cmdline" needs boot.kind = "kernel"'),
+    "unknown arch": (_replace('kind = "kernel"', 'kind = "kernel"\narch = "riscv64"'),
+                     "boot.arch: must be one of x86_64, aarch64; got 'riscv64'"),
+    "x86 machine for aarch64": (_replace('kind = "kernel"', 'kind = "kernel"\narch = "aarch64"\nmachine = "pc"'),
+                                "boot.machine: must be one of virt; got 'pc'"),
 }
+
+
+@pytest.mark.parametrize("arch,kernel", [("aarch64", "kernel/build/vmlinux"), ("x86_64", "kernel/build-arm64/Image")])
+def test_a_kernel_of_another_architecture_is_refused(tmp_path: Path, arch: str, kernel: str) -> None:
+    """The kernel file's own header says what it is built for (an x86 ELF, an arm64 Image)."""
+    other = "x86_64" if arch == "aarch64" else "aarch64"
+    build_image("kernel" if other == "x86_64" else "kernel-arm64", IMAGES)
+    text = _replace('kernel = "k/vmlinux"', f'kernel = "{IMAGES / kernel}"\narch = "{arch}"')
+    path = write(tmp_path, text.replace('initrd = "build/initrd.cpio.gz"\n', ""))
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert str(info.value) == (f"{path}: boot.arch: {arch!r}, but {IMAGES / kernel} is an {other} kernel; set "
+                               f"arch = {other!r} or point kernel at an {arch} build")
+
+
+def test_the_shipped_kernels_are_recognised() -> None:
+    build_image("kernel", IMAGES)
+    build_image("kernel-arm64", IMAGES)
+    assert kernel_arch(IMAGES / "kernel" / "build" / "vmlinux") == "x86_64"
+    assert kernel_arch(IMAGES / "kernel" / "build-arm64" / "Image") == "aarch64"
+    assert kernel_arch(IMAGES / "hello" / "image.toml") is None
+    assert load_manifest(IMAGES / "hello-aarch64" / "image.toml").boot.machine == "virt"
 
 
 @pytest.mark.parametrize("text,expected", BROKEN.values(), ids=BROKEN.keys())

@@ -28,6 +28,7 @@
 #include <strings.h>
 #include <sys/reboot.h>
 #include <sys/socket.h>
+#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -575,10 +576,13 @@ void http_serve(const struct http_config *cfg)
         console_log(cfg->name, "cannot listen yet, retrying");
         sleep(1);
     }
-    char msg[64];
+    char msg[256];
     const char *ip6 = getenv("summoner_ip6");
-    snprintf(msg, sizeof msg, "listening on port %u%s%s", (unsigned)port, ip6 ? ", IPv6 address " : "",
-             ip6 ? ip6 : "");
+    struct utsname kernel;
+    if (uname(&kernel) != 0)
+        snprintf(kernel.machine, sizeof kernel.machine, "?");
+    snprintf(msg, sizeof msg, "listening on port %u%s%s (%s %s)", (unsigned)port, ip6 ? ", IPv6 address " : "",
+             ip6 ? ip6 : "", kernel.release, kernel.machine);
     console_log(cfg->name, msg);
 
     struct pollfd pfds[MAX_CONNS + 1];

@@ -3,6 +3,11 @@
 # tinyconfig + guest.config (+ patches/*.patch) -> build/vmlinux (an ELF with a PVH entry note that
 # QEMU boots directly with -kernel).
 #
+# `build.sh arm64` builds the aarch64 kernel instead, cross-compiled with
+# gcc-aarch64-linux-gnu: tinyconfig + guest-arm64.config -> build-arm64/Image
+# (the arm64 boot image QEMU's virt machine loads with -kernel), in a source
+# tree of its own (a kernel tree holds one configuration at a time).
+#
 # The result is cached: build/vmlinux is only rebuilt when the hash of the
 # inputs (source tarball, config fragment, this script) changes, because a
 # kernel build takes minutes on the 2-core CI machines.
@@ -12,9 +17,19 @@
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
-build="$here/build"
+arch=${1:-x86_64}
+case "$arch" in
+    x86_64) build="$here/build"; fragment="$here/guest.config"; output=vmlinux; target=vmlinux
+            cross=""; tiny=arch/x86/configs/tiny.config ;;
+    arm64|aarch64) arch=arm64; build="$here/build-arm64"; fragment="$here/guest-arm64.config"; output=Image
+            target=Image; cross=aarch64-linux-gnu-; tiny="" ;;
+    *) echo "build.sh: unknown architecture $arch (x86_64 or arm64)" >&2; exit 2 ;;
+esac
+if [ -n "$cross" ] && ! command -v "${cross}gcc" >/dev/null 2>&1; then
+    echo "build.sh: ${cross}gcc not found; apt-get install gcc-aarch64-linux-gnu (scripts/install.sh does)" >&2
+    exit 1
+fi
 tarball=${LINUX_TARBALL:-/usr/src/linux-source-6.1.tar.xz}
-fragment="$here/guest.config"
 jobs=${JOBS:-$(nproc)}
 
 if [ ! -r "$tarball" ]; then
@@ -41,9 +56,9 @@ tarsum=$(sha256sum <"$tarball" | cut -c1-64)
 patchsum=$(cat /dev/null "$here"/patches/*.patch 2>/dev/null | sha256sum | cut -c1-64)
 inputs=$( (echo "$tarsum $patchsum"; sha256sum <"$fragment"; sha256sum <"$0") | sha256sum | cut -c1-64)
 
-if [ "${FORCE:-0}" != 1 ] && [ -f "$build/vmlinux" ] && [ -f "$build/inputs.sha256" ] \
+if [ "${FORCE:-0}" != 1 ] && [ -f "$build/$output" ] && [ -f "$build/inputs.sha256" ] \
         && [ "$(cat "$build/inputs.sha256")" = "$inputs" ]; then
-    echo "kernel: build/vmlinux is up to date ($inputs)"
+    echo "kernel: $(basename "$build")/$output is up to date ($inputs)"
     exit 0
 fi
 
@@ -62,7 +77,8 @@ if [ ! -f "$src/.extracted" ] || [ "$(cat "$src/.extracted")" != "$tarsum $patch
 fi
 
 # Fixed identity strings make the build reproducible (same inputs, same bytes).
-export ARCH=x86_64
+export ARCH=$arch
+[ -z "$cross" ] || export CROSS_COMPILE=$cross
 export KBUILD_BUILD_TIMESTAMP='1970-01-01'
 export KBUILD_BUILD_USER=summoner
 export KBUILD_BUILD_HOST=summoner
@@ -74,8 +90,7 @@ cd "$src"
 # name stays off.  Merging afterwards with olddefconfig instead would switch on
 # everything that defaults to y once its menu appears (IPv6, input devices,
 # the i8042 keyboard...), each of which costs boot time.
-scripts/kconfig/merge_config.sh -n kernel/configs/tiny.config \
-    arch/x86/configs/tiny.config "$fragment" >merge_config.log
+scripts/kconfig/merge_config.sh -n kernel/configs/tiny.config $tiny "$fragment" >merge_config.log
 
 # merge_config only warns when Kconfig drops an option (unmet dependency);
 # a silently missing driver would show up much later as a guest that never
@@ -93,11 +108,13 @@ done <"$fragment"
 [ "$missing" = 0 ] || exit 1
 
 start=$(date +%s)
-nice -n 10 make -j"$jobs" vmlinux
-echo "kernel: built in $(( $(date +%s) - start )) s"
+nice -n 10 make -j"$jobs" $target
+echo "kernel: $arch built in $(( $(date +%s) - start )) s"
 
+built=vmlinux
+[ "$arch" = x86_64 ] || built=arch/$arch/boot/Image
 cp .config "$build/config"
-cp vmlinux "$build/vmlinux.tmp"
-mv "$build/vmlinux.tmp" "$build/vmlinux"
+cp "$built" "$build/$output.tmp"
+mv "$build/$output.tmp" "$build/$output"
 echo "$inputs" >"$build/inputs.sha256"
-ls -l "$build/vmlinux"
+ls -l "$build/$output"

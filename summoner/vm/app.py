@@ -77,7 +77,7 @@ class OnDemand:
     def split(self, zones: Iterable[Zone]) -> tuple[list[Zone], list[OnDemandHost]]:
         """``split_on_demand`` with this server's images and network mode
         (images are re-read, so a zone reload also picks up rebuilt images)."""
-        return split_on_demand(zones, self.load_images(), self.config.network)
+        return split_on_demand(zones, self.load_images(), self.config.network, self.config.virt_type)
 
     def update_hosts(self, hosts: list[OnDemandHost]) -> None:
         self.fleet.set_hosts(hosts, self.images)

@@ -247,7 +247,7 @@ class Booter:
             metrics.QUERY_TO_READY.labels(_KIND[started]).observe(waited)
         log.info("{service}: ready in {ms:.0f} ms{how} ({phases}; {attempts} probe attempts, virt type {virt})",
                  service=svc.name, ms=(self.reactor.seconds() - start) * 1000, phases=timer.summary(),
-                 how=_HOW[started], attempts=attempts, virt=self.virt.virt_type)
+                 how=_HOW[started], attempts=attempts, virt=self.virt.type_for(spec))
         svc.became_ready()
 
     async def _start_domain(self, svc: Service, attempt: Attempt, deadline: float, timer: PhaseTimer) -> Start:
@@ -269,7 +269,7 @@ class Booter:
             self.snapshots.discard(spec, "it could not be restored", golden=True)
         if await self.standby.take(svc):
             return Start.STANDBY
-        xml = domain_xml(spec, self.virt.virt_type, self.net, spec.machine)
+        xml = domain_xml(spec, self.virt.type_for(spec), self.net, spec.machine)
         await self._started(svc, attempt, deadline, timer, lambda: self.backend.create(spec.domain_name, xml))
         return Start.CREATED
 

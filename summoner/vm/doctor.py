@@ -204,7 +204,8 @@ def check_zones(plan: Plan) -> list[Finding]:
     try:
         zones = load_zone_dir(plan.zones)
         images = discover_in(plan.config.images)
-        _stripped, hosts = split_on_demand(zones.zones.values(), images, plan.config.network)
+        _stripped, hosts = split_on_demand(zones.zones.values(), images, plan.config.network,
+                                           plan.config.virt_type)
     except ZoneError as exc:
         shown = "; ".join(exc.problems[:3]) + (f" (+{len(exc.problems) - 3} more)" if len(exc.problems) > 3 else "")
         return [Finding("zones", Level.FAIL, shown, fix)]

@@ -116,7 +116,7 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
 
 def _os(dom: ET.Element, spec: VMSpec, net: NetworkSettings, machine: str) -> None:
     os_el = _sub(dom, "os")
-    _sub(os_el, "type", "hvm", arch="x86_64", machine=machine)
+    _sub(os_el, "type", "hvm", arch=spec.arch, machine=machine)
     if spec.boot_kind != "kernel":
         _sub(os_el, "boot", dev="hd")
         return
@@ -182,8 +182,16 @@ def domain_xml(spec: VMSpec, virt_type: str, net: NetworkSettings, machine: str 
     _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
     _sub(dom, "vcpu", str(spec.vcpus))
     _os(dom, spec, net, machine)
-    features = _sub(dom, "features")
-    _sub(features, "acpi")  # lets stop mode "shutdown" send an ACPI power button
+    if spec.arch == "aarch64":
+        # virt's default CPU is a 32-bit Cortex-A15; ACPI there needs UEFI, and the
+        # kernel is booted directly with a device tree, so no <acpi/>
+        if virt_type == "kvm":
+            _sub(dom, "cpu", mode="host-passthrough")
+        else:
+            _sub(_sub(dom, "cpu", mode="custom", match="exact"), "model", "cortex-a57", fallback="forbid")
+    else:
+        features = _sub(dom, "features")
+        _sub(features, "acpi")  # lets stop mode "shutdown" send an ACPI power button
     _sub(dom, "clock", offset="utc")
     # Any guest exit ends the transient domain: a panicking unikernel
     # (panic=-1 reboots) must not loop, and its stop is reported as an event.

@@ -52,6 +52,7 @@ class ServiceStatus:
 
     name: str
     image: str
+    arch: str                    # the guest's architecture
     state: str
     address: str
     port: int
@@ -204,7 +205,7 @@ class Fleet:
 def _status_of(svc: Service, now: float, snapshot: Snapshot | None) -> ServiceStatus:
     up = svc.is_up()
     return ServiceStatus(
-        name=svc.name, image=svc.spec.image, state=svc.state.value, address=svc.spec.address,
+        name=svc.name, image=svc.spec.image, arch=svc.spec.arch, state=svc.state.value, address=svc.spec.address,
         port=svc.spec.port, domain=svc.spec.domain_name,
         uptime=round(now - svc.started_at, 3) if up and svc.started_at else None,
         idle=round(now - svc.last_used(), 3) if up else None,

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 
 from dnslib import QTYPE, RR
 
-from summoner.images import STOP_MODES, ImageManifest
+from summoner.images import ARCHES, STOP_MODES, ImageManifest, host_arch
 from summoner.zonefile import Zone, ZoneError
 
 LABEL = "_summoner"
 INT_KEYS = {"memory": (16, 1 << 20), "vcpus": (1, 64), "port": (1, 65535), "ttl": (0, 86400)}
 FLOAT_KEYS = {"idle": (0.0, 7 * 86400.0), "boot_timeout": (0.1, 3600.0)}
-KEYS = {"image", "stop", "probe_path", *INT_KEYS, *FLOAT_KEYS}
+KEYS = {"image", "arch", "stop", "probe_path", *INT_KEYS, *FLOAT_KEYS}
 
 
 @dataclass(frozen=True)
@@ -123,9 +123,15 @@ def _image_value(key: str, value: str, where: str) -> str:
     return value
 
 
+def _arch_value(key: str, value: str, where: str) -> str:
+    if value not in ARCHES:
+        raise _DeclarationError(f"{where}: arch={value} must be one of {', '.join(ARCHES)}")
+    return value
+
+
 _CHECKS: dict[str, Callable[[str, str, str], int | float | str]] = {
     **dict.fromkeys(INT_KEYS, _int_value), **dict.fromkeys(FLOAT_KEYS, _seconds_value),
-    "stop": _stop_value, "probe_path": _path_value, "image": _image_value,
+    "stop": _stop_value, "probe_path": _path_value, "image": _image_value, "arch": _arch_value,
 }
 
 
@@ -178,6 +184,37 @@ def _check_image(host_key: str, image: str, where: str, images: Mapping[str, Ima
         raise _DeclarationError(f"{where}: unknown image {image!r} (images: {known})")
 
 
+def image_for(name: str, arch: str | None, images: Mapping[str, ImageManifest] | None) -> str:
+    """The image a host boots: ``name`` if it is built for ``arch`` (default
+    this host's), else ``name-arch`` if that image is; without ``arch``, a
+    ``name`` of another architecture (no native build beside it) is taken as
+    named.  Raises _DeclarationError for an ``arch`` no image has."""
+    if arch is not None and arch not in ARCHES:
+        raise _DeclarationError(f"arch={arch} must be one of {', '.join(ARCHES)}")
+    if images is None:
+        return name
+    want = arch or host_arch()
+    named = images.get(name)
+    if named is not None and named.boot.arch == want:
+        return name
+    other = images.get(f"{name}-{want}")
+    if other is not None and other.boot.arch == want:
+        return f"{name}-{want}"
+    if arch is not None:
+        raise _DeclarationError(f"image {name!r} has no {arch} build: neither {name} nor {name}-{arch} is an "
+                                f"{arch} image (build it: summoner image build {name}-{arch})")
+    return name
+
+
+def _check_virt_type(host_key: str, image: str, virt_type: str, images: Mapping[str, ImageManifest] | None) -> None:
+    if virt_type != "kvm" or images is None or image not in images:
+        return
+    arch = images[image].boot.arch
+    if arch != host_arch():
+        raise _DeclarationError(f"{host_key}: image {image} is {arch}, this host is {host_arch()}: KVM runs only "
+                                f"guests of the host's architecture; use --virt-type auto or qemu (TCG)")
+
+
 def _address_records(zone: Zone, host_key: str, where: str, network: str) -> tuple[str, str | None, list[RR]]:
     """The host's one IPv4 address, its IPv6 address if any, and its A/AAAA records."""
     records = [rr for rr in zone.records.get(host_key, []) if rr.rtype in (QTYPE.A, QTYPE.AAAA)]
@@ -216,7 +253,7 @@ def _check_ipv6(host_key: str, image: str, address6: str | None, zone: Zone,
 
 
 def _host(zone: Zone, host_key: str, txts: list[RR], images: Mapping[str, ImageManifest] | None, network: str,
-          problems: list[str]) -> OnDemandHost | None:
+          virt_type: str, problems: list[str]) -> OnDemandHost | None:
     """The declaration of ``host_key``, or None with its problems added."""
     where = zone.location(LABEL + "." + host_key, QTYPE.TXT)
     strings = [s for rr in txts for s in _txt_strings(rr)]
@@ -225,8 +262,13 @@ def _host(zone: Zone, host_key: str, txts: list[RR], images: Mapping[str, ImageM
         if not any(p.startswith(where) for p in problems):
             problems.append(f"{where}: on-demand declaration for {host_key} has no image=NAME")
         return None
-    image = str(values["image"])
     try:
+        arch = values.get("arch")
+        try:
+            image = image_for(str(values["image"]), str(arch) if arch is not None else None, images)
+            _check_virt_type(host_key, image, virt_type, images)
+        except _DeclarationError as problem:
+            raise _DeclarationError(f"{where}: {problem}") from None
         _check_image(host_key, image, where, images)
         address, address6, records = _address_records(zone, host_key, where, network)
         _check_ipv6(host_key, image, address6, zone, images)
@@ -245,7 +287,7 @@ def _host(zone: Zone, host_key: str, txts: list[RR], images: Mapping[str, ImageM
 
 
 def split_on_demand(zones: Iterable[Zone], images: Mapping[str, ImageManifest] | None = None,
-                    network: str = "user") -> tuple[list[Zone], list[OnDemandHost]]:
+                    network: str = "user", virt_type: str = "auto") -> tuple[list[Zone], list[OnDemandHost]]:
     """Take on-demand declarations out of ``zones``.
 
     Returns the zones without the ``_summoner`` TXT records and without the
@@ -264,7 +306,7 @@ def split_on_demand(zones: Iterable[Zone], images: Mapping[str, ImageManifest] |
             continue
         remove_addr: set[str] = set()
         for host_key, txts in sorted(declared.items()):
-            host = _host(zone, host_key, txts, images, network, problems)
+            host = _host(zone, host_key, txts, images, network, virt_type, problems)
             if host is None:
                 continue
             endpoint = (host.address, host.port)

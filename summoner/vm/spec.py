@@ -46,6 +46,7 @@ class VMSpec:
     machine: str = "pc"
     snapshot_boot: bool = False  # cold starts restore the golden snapshot of the first boot
     address6: str | None = None  # bridge mode: the guest's IPv6 address (the host's AAAA)
+    arch: str = "x86_64"         # the guest's architecture (the image's)
 
 
 def domain_name_for(config: OnDemandConfig, service: str) -> str:
@@ -89,6 +90,7 @@ def build_spec(host: OnDemandHost, manifest: ImageManifest, config: OnDemandConf
         machine=boot.machine or config.machine,
         snapshot_boot=boot.snapshot_boot and config.snapshot_boot,
         address6=host.address6 if config.network == "bridge" else None,
+        arch=boot.arch,
     )
 
 

@@ -40,7 +40,7 @@ class Standby:
                 or not self._virt.decided or missing_artifacts(svc.spec) or self._has_snapshot(svc.spec)):
             return
         spec = svc.spec
-        xml = domain_xml(spec, self._virt.virt_type, self._net, spec.machine, standby=True)
+        xml = domain_xml(spec, self._virt.type_for(spec), self._net, spec.machine, standby=True)
 
         def created(uuid: str) -> None:
             if svc.retired:  # removed or replaced meanwhile: that very domain goes

@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from summoner.deferreds import when_fired
+from summoner.images import host_arch
 from summoner.vm.backend import Backend, BackendError, DomainEvent
 from summoner.vm.kvmcheck import KvmBootCheck
 from summoner.vm.spec import VMSpec
@@ -34,6 +35,11 @@ class VirtDecision:
         self._decided: defer.Deferred[None] = defer.succeed(None)
         self._check_pending = False  # auto, but no image was built at start: the first boot checks
 
+    def type_for(self, spec: VMSpec) -> str:
+        """The domain type ``spec`` boots with: a guest of another architecture
+        than the host's always runs under TCG (KVM runs only the host's)."""
+        return self.virt_type if spec.arch == host_arch() else "qemu"
+
     @property
     def decided(self) -> bool:
         return self._decided.called and not self._check_pending
@@ -47,7 +53,7 @@ class VirtDecision:
     async def ready_for(self, spec: VMSpec) -> None:
         """Returns once the virt type is known, running the pending KVM boot
         check with ``spec`` if this is the first boot."""
-        if self._check_pending:
+        if self._check_pending and spec.arch == host_arch():
             self._check_pending = False
             done = self.hold()
             try:
@@ -80,6 +86,7 @@ class VirtDecision:
             self.virt_type = "qemu"
             log.warn("virt type auto: KVM unavailable ({why}); using TCG (virt type qemu)", why=why)
             return
+        specs = [s for s in specs if s.arch == host_arch()]  # only the host's architecture can run under KVM
         if not specs:
             self._check_pending = True
             log.info("virt type auto: no built image yet; the first boot checks KVM")

@@ -76,7 +76,8 @@ STOPPED, SHUTDOWN = DomainEvent.STOPPED, DomainEvent.SHUTDOWN
 
 def manifest(name: str, *, boot_timeout: float = 2.0, idle: float = 300, stop_mode: str = "destroy",
              memory: int = 64, interval_ms: int = 10, directory: Path | None = None,
-             kernel: str = "fakes.py", build: str = "build 1", ipv6: bool = False) -> ImageManifest:
+             kernel: str = "fakes.py", build: str = "build 1", ipv6: bool = False,
+             arch: str = "x86_64") -> ImageManifest:
     """A real ``ImageManifest``, as ``load_manifest`` would make it, of a
     kernel-boot image whose "kernel" is a file that exists (so the image
     counts as built).  ``build`` stands for the manifest's content: a
@@ -89,7 +90,8 @@ def manifest(name: str, *, boot_timeout: float = 2.0, idle: float = 300, stop_mo
     resources = Resources(memory_mib=memory, vcpus=1)
     return ImageManifest(
         name=name, description=f"test image {name}", path=(directory / "image.toml").resolve(),
-        boot=BootSpec(kind="kernel", kernel=(directory / kernel).resolve(), cmdline="console=ttyS0"),
+        boot=BootSpec(kind="kernel", arch=arch, kernel=(directory / kernel).resolve(), cmdline="console=ttyS0",
+                      machine="virt" if arch == "aarch64" else None),
         resources=resources, service=ServiceSpec(port=18080), probe=probe,
         network=NetworkSpec(ipv6_config="kernel-cmdline" if ipv6 else "none"), reap=reap,
         build=BuildSpec(), canonical=repr((name, build, probe, reap, resources)))

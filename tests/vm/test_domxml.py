@@ -149,6 +149,19 @@ def test_a_bridge_mode_host_with_an_aaaa_gives_the_guest_its_ipv6_address():
     assert cmdline.endswith(" summoner_ip6=2001:db8::7/56 summoner_ip6gw=2001:db8::1")
 
 
+def test_an_aarch64_guest_boots_on_virt_with_a_64_bit_cpu_and_no_acpi():
+    spec = dataclasses.replace(KERNEL, arch="aarch64", machine="virt", cmdline="console=ttyAMA0")
+    root = ET.fromstring(domain_xml(spec, "qemu", USER, "virt"))
+    assert root.find("os/type").attrib == {"arch": "aarch64", "machine": "virt"}
+    assert root.find("cpu").get("mode") == "custom" and root.findtext("cpu/model") == "cortex-a57"
+    assert root.find("features") is None  # ACPI on virt needs UEFI; the kernel gets a device tree
+    kvm = ET.fromstring(domain_xml(spec, "kvm", USER, "virt"))
+    assert kvm.find("cpu").attrib == {"mode": "host-passthrough"}
+    x86 = ET.fromstring(domain_xml(KERNEL, "qemu", USER))
+    assert x86.find("os/type").get("arch") == "x86_64" and x86.find("cpu") is None
+    assert x86.find("features/acpi") is not None
+
+
 def test_disk_boot():
     root = ET.fromstring(domain_xml(DISK, "qemu", USER, DISK.machine))
     assert root.find("os/kernel") is None and root.find("os/cmdline") is None

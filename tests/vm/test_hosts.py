@@ -18,7 +18,8 @@ $TTL 300
 ns1 IN A 127.0.0.1
 """
 IMAGES = {"hello": manifest("hello", ipv6=True), "tasks": manifest("tasks", ipv6=True),
-          "ipv4only": manifest("ipv4only")}
+          "ipv4only": manifest("ipv4only"), "hello-aarch64": manifest("hello-aarch64", arch="aarch64"),
+          "armonly": manifest("armonly", arch="aarch64")}
 
 
 def zone(body: str):
@@ -150,3 +151,39 @@ def test_two_hosts_on_one_address_differ_by_port():
              'y IN A 127.0.0.9\n_summoner.y IN TXT "image=hello" "port=8081"\n')
     _zones, hosts = split_on_demand([z], IMAGES)
     assert sorted((h.name, h.port) for h in hosts) == [("x.example.org", 8080), ("y.example.org", 8081)]
+
+
+def images_of(z) -> dict[str, str]:
+    return {h.name: h.image for h in split_on_demand([z], IMAGES, network="user")[1]}
+
+
+def test_an_image_name_resolves_to_the_build_for_the_host_or_the_declared_arch():
+    """image=NAME is the build for this host's architecture (NAME, or NAME-ARCH
+    when NAME is another's); arch=ARCH picks that architecture's build."""
+    z = zone('a IN A 127.0.0.9\n_summoner.a IN TXT "image=hello"\n'
+             'b IN A 127.0.0.8\n_summoner.b IN TXT "image=hello" "arch=aarch64"\n'
+             'c IN A 127.0.0.7\n_summoner.c IN TXT "image=hello-aarch64"\n'
+             'd IN A 127.0.0.6\n_summoner.d IN TXT "image=armonly"\n')
+    assert images_of(z) == {"a.example.org": "hello", "b.example.org": "hello-aarch64",
+                            "c.example.org": "hello-aarch64", "d.example.org": "armonly"}
+
+
+def test_an_arch_without_a_build_is_refused():
+    z = zone('a IN A 127.0.0.9\n_summoner.a IN TXT "image=tasks" "arch=aarch64"\n'
+             'b IN A 127.0.0.8\n_summoner.b IN TXT "image=hello" "arch=mips"\n')
+    with pytest.raises(ZoneError) as error:
+        split_on_demand([z], IMAGES)
+    assert error.value.problems == [
+        "example.org.zone:7: image 'tasks' has no aarch64 build: neither tasks nor tasks-aarch64 is an aarch64 "
+        "image (build it: summoner image build tasks-aarch64)",
+        "example.org.zone:9: arch=mips must be one of x86_64, aarch64"]
+
+
+def test_kvm_for_a_guest_of_another_architecture_is_refused():
+    z = zone('a IN A 127.0.0.9\n_summoner.a IN TXT "image=hello" "arch=aarch64"\n')
+    with pytest.raises(ZoneError) as error:
+        split_on_demand([z], IMAGES, virt_type="kvm")
+    assert error.value.problems == [
+        "example.org.zone:7: a.example.org: image hello-aarch64 is aarch64, this host is x86_64: KVM runs only "
+        "guests of the host's architecture; use --virt-type auto or qemu (TCG)"]
+    assert split_on_demand([z], IMAGES, virt_type="qemu")[1][0].image == "hello-aarch64"

@@ -45,5 +45,18 @@ class VirtTest(FleetCase):
         self.assertEqual(self.backend.creates, creates)
         od2.reaper.stop()
 
+    @defer.inlineCallbacks
+    def test_a_guest_of_another_architecture_runs_under_tcg_beside_kvm_guests(self):
+        images = {"hello": manifest("hello"), "hello-aarch64": manifest("hello-aarch64", arch="aarch64")}
+        od = self.make([host("hello", "127.0.0.102", "hello"), host("arm", "127.0.0.103", "hello-aarch64")],
+                       images, virt_type="kvm")
+        yield od.start()
+        yield od.stage.resolve(Query.of("hello.example.org", "A"))
+        yield od.stage.resolve(Query.of("arm.example.org", "A"))
+        self.assertIn('type="kvm"', self.backend.domains["summoner-hello.example.org"]["xml"])
+        arm = self.backend.domains["summoner-arm.example.org"]["xml"]
+        self.assertIn('type="qemu"', arm)
+        self.assertIn('arch="aarch64"', arm)
+
 
 VirtTestEventsBefore, VirtTestEventsAfter = event_orders(VirtTest)
