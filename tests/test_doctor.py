@@ -140,3 +140,20 @@ def test_can_open_follows_owner_group_and_mode_for_the_qemu_user(tmp_path):
     node.chmod(0o666)
     assert can_open(node, "libvirt-qemu")
     assert not can_open(node, "no-such-user-here")
+
+
+def test_a_guest_of_another_architecture_is_reported_as_tcg_only(tmp_path):
+    """An aarch64 image on this x86_64 host: doctor says its guests are emulated;
+    asking for KVM for it is a zone error, named as such."""
+    libvirt = ("--libvirt-uri", f"qemu+unix:///system?socket={tmp_path}/no-libvirtd-here")
+    zones = zone_dir(tmp_path, '"image=hello" "arch=aarch64"')
+    _code, findings = doctor("--zones", str(zones), "--virt-type", "auto", *libvirt)
+    [arch] = only(findings, "guest-arch")
+    assert arch["level"] == "warn"
+    assert arch["detail"] == ("image hello-aarch64 is aarch64, this host is x86_64: its guests run under TCG "
+                              "(emulated), whatever --virt-type says")
+    code, findings = doctor("--zones", str(zones), "--virt-type", "kvm", *libvirt)
+    [zone] = only(findings, "zones")
+    assert code == 1 and zone["level"] == "fail"
+    assert "image hello-aarch64 is aarch64, this host is x86_64: KVM runs only guests of the host's " \
+           "architecture; use --virt-type auto or qemu (TCG)" in zone["detail"]

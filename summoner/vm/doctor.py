@@ -334,6 +334,19 @@ async def _domain_start(plan: Plan, backend: LibvirtBackend, virt: str) -> Findi
                    figure=seconds * 1000, unit="ms")
 
 
+def check_guest_arches(specs: Iterable[VMSpec]) -> list[Finding]:
+    """Guests of another architecture than the host's run under TCG, whatever --virt-type says."""
+    from summoner.images import host_arch
+    host = host_arch()
+    foreign = sorted({(s.image, s.arch) for s in specs if s.arch != host})
+    if not foreign:
+        return []
+    return [Finding("guest-arch", Level.WARN, f"image {image} is {arch}, this host is {host}: its guests run "
+                    f"under TCG (emulated), whatever --virt-type says",
+                    f"where KVM speed matters, build it for {host} (an image with arch = \"{host}\")")
+            for image, arch in foreign]
+
+
 # -- the whole run ---------------------------------------------------------------
 
 def host_checks(plan: Plan) -> list[Finding]:
@@ -343,6 +356,7 @@ def host_checks(plan: Plan) -> list[Finding]:
     findings = check_images(plan.config.images, {s.image for s in plan.specs}, user)
     findings.append(check_kvm_device(user))
     findings.append(check_port_limits(plan.specs, user, plan.config.network))
+    findings += check_guest_arches(plan.specs)
     from summoner.vm.bridgecheck import check_bridge  # it builds on this module's Finding
     findings += check_bridge(plan.config)
     return findings + virt_host_validate()
