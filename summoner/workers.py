@@ -55,6 +55,7 @@ log = Logger(namespace="summoner.workers")
 MAX_FRAME = 256 * 1024 * 1024
 RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 REPORT_INTERVAL = 1.0
+STOP_GRACE = 5.0
 # Relayed queries a worker waits on at once (a boot can hold each for its whole
 # timeout); beyond it more go unanswered, and their clients retry.
 MAX_RELAYED = 10_000
@@ -287,9 +288,20 @@ class WorkerPool:
         self.reactor.callLater(delay, self._spawn, number)
 
     def stop(self) -> defer.Deferred:
-        """Close every pipe; a worker exits when its stdin closes."""
+        """Close every pipe; a worker exits when its stdin closes (one that
+        has not after STOP_GRACE seconds is killed: shutdown must not hang)."""
         self._stopping = True
         ended = list(self._ended.values())
-        for link in list(self.links.values()):
+        links = list(self.links.values())
+        for link in links:
             link.transport.loseConnection()
-        return defer.DeferredList(ended)
+        if not ended:
+            return defer.succeed(None)
+        killer = self.reactor.callLater(STOP_GRACE, self._kill, links)
+        return defer.DeferredList(ended).addBoth(lambda result: killer.cancel() if killer.active() else None)
+
+    def _kill(self, links: list[WorkerLink]) -> None:
+        for link in links:
+            if link.open:
+                log.warn("DNS worker {n} (pid {pid}) did not exit; killing it", n=link.number, pid=link.pid)
+                link.transport.signalProcess("KILL")
