@@ -9,16 +9,15 @@ The zone names the images as an operator on a mixed fleet would:
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import dns.rcode
 import pytest
 
 from tests.vm.conftest import URI
+from tests.vm.test_e2e import addresses, http
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -27,22 +26,6 @@ _summoner.arm IN TXT "image=hello" "arch=aarch64"
 armtasks IN A 127.0.0.25
 _summoner.armtasks IN TXT "image=tasks" "arch=aarch64"
 """
-
-
-def http(method: str, url: str, body: dict | None = None) -> tuple[int, object]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"} if data else {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as reply:
-            raw = reply.read()
-            return reply.status, json.loads(raw) if raw.strip().startswith((b"{", b"[")) else raw
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def addresses(reply) -> list[str]:
-    return [item.address for rrset in reply.answer for item in rrset]
 
 
 def test_a_cold_query_boots_an_aarch64_guest_through_libvirt(od_server):
