@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("name", nargs="?", help="image name (a folder under --images)")
     build.add_argument("--all", action="store_true", help="build every image")
     build.add_argument("--images", type=Path, default=Path("images"), metavar="DIR")
+    build.add_argument("--arch", choices=("x86_64", "aarch64"),
+                       help="NAME's build for this architecture (NAME or NAME-ARCH); with --all, every image of it")
     build.set_defaults(run=run_image_build)
     return parser
 
@@ -138,8 +140,16 @@ def run_image_build(args: argparse.Namespace) -> int:
     if bool(args.all) == bool(args.name):
         print("summoner image build: give an image NAME or --all", file=sys.stderr)
         return 2
+    target = "all" if args.all else args.name
+    if args.arch is not None:
+        from summoner.images import build_for_arch, discover_images
+        target = args.arch if args.all else build_for_arch(args.name, args.arch, discover_images(args.images))
+        if target is None:
+            print(f"summoner image build: image {args.name!r} has no {args.arch} build: neither {args.name} nor "
+                  f"{args.name}-{args.arch} is an {args.arch} image under {args.images}", file=sys.stderr)
+            return 1
     try:
-        build_image("all" if args.all else args.name, args.images)
+        build_image(target, args.images)
     except ImageBuildError as exc:
         print(f"summoner image build: {exc}", file=sys.stderr)
         return 1

@@ -23,7 +23,7 @@ import platform
 import re
 import subprocess
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import EllipsisType
@@ -412,6 +412,16 @@ def discover_images(images_dir: str | Path, errors: list[ManifestError] | None =
 
 # Makefile targets that are not images of their own.
 _EXTRA_TARGETS = ("all", "x86_64", "aarch64", "kernel", "kernel-arm64", "silent")
+
+
+def build_for_arch(name: str, arch: str, images: Mapping[str, ImageManifest]) -> str | None:
+    """The image that is ``name``'s build for ``arch``: ``name`` itself if it is
+    built for it, else ``name-arch`` if that is; None when neither is."""
+    for candidate in (name, f"{name}-{arch}"):
+        manifest = images.get(candidate)
+        if manifest is not None and manifest.boot.arch == arch:
+            return candidate
+    return None
 
 
 def discover_in(images_dirs: Iterable[Path]) -> dict[str, ImageManifest]:

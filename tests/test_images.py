@@ -290,6 +290,25 @@ def test_build_unknown_image_is_refused() -> None:
         build_image("nope", IMAGES)
 
 
+def image_build(*args: str) -> subprocess.CompletedProcess:
+    import sys
+    return subprocess.run([sys.executable, "-m", "summoner", "image", "build", *args, "--images", str(IMAGES)],
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_image_build_arch_builds_the_image_for_that_architecture() -> None:
+    done = image_build("hello", "--arch", "aarch64")
+    assert done.returncode == 0, done.stderr
+    # make ran the aarch64 recipe (the arm64 kernel), not hello's x86 one
+    assert "./kernel/build.sh arm64" in done.stdout and "./kernel/build.sh\n" not in done.stdout
+    assert kernel_arch(IMAGES / "kernel" / "build-arm64" / "Image") == "aarch64"
+    assert (IMAGES / "hello-aarch64" / "build" / "initrd.cpio.gz").is_file()
+    refused = image_build("silent", "--arch", "aarch64")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (f"summoner image build: image 'silent' has no aarch64 build: neither silent "
+                                      f"nor silent-aarch64 is an aarch64 image under {IMAGES}")
+
+
 # ---- real images in QEMU ----------------------------------------------------------
 
 needs_tools = pytest.mark.skipif(

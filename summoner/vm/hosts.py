@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from dnslib import QTYPE, RR
 
-from summoner.images import ARCHES, STOP_MODES, ImageManifest, host_arch
+from summoner.images import ARCHES, STOP_MODES, ImageManifest, build_for_arch, host_arch
 from summoner.zonefile import Zone, ZoneError
 
 LABEL = "_summoner"
@@ -193,13 +193,9 @@ def image_for(name: str, arch: str | None, images: Mapping[str, ImageManifest] |
         raise _DeclarationError(f"arch={arch} must be one of {', '.join(ARCHES)}")
     if images is None:
         return name
-    want = arch or host_arch()
-    named = images.get(name)
-    if named is not None and named.boot.arch == want:
-        return name
-    other = images.get(f"{name}-{want}")
-    if other is not None and other.boot.arch == want:
-        return f"{name}-{want}"
+    found = build_for_arch(name, arch or host_arch(), images)
+    if found is not None:
+        return found
     if arch is not None:
         raise _DeclarationError(f"image {name!r} has no {arch} build: neither {name} nor {name}-{arch} is an "
                                 f"{arch} image (build it: summoner image build {name}-{arch})")
