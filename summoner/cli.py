@@ -14,9 +14,11 @@ from pathlib import Path
 from summoner import __version__
 from summoner.admin import parse_admin
 from summoner.app import ServeConfig
+from summoner.argtypes import non_negative, positive_int
 from summoner.arrowhead.config import ArrowheadConfigError, config_from_args
 from summoner.arrowhead.config import add_cli_arguments as add_arrowhead_arguments
 from summoner.arrowhead.rules_cli import add_arrowhead_command
+from summoner.images import ARCHES
 from summoner.netaddr import host_port
 from summoner.ratelimit import RateLimit
 from summoner.vm.cli import (
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("name", nargs="?", help="image name (a folder under --images)")
     build.add_argument("--all", action="store_true", help="build every image")
     build.add_argument("--images", type=Path, default=Path("images"), metavar="DIR")
-    build.add_argument("--arch", choices=("x86_64", "aarch64"),
+    build.add_argument("--arch", choices=ARCHES,
                        help="NAME's build for this architecture (NAME or NAME-ARCH); with --all, every image of it")
     build.set_defaults(run=run_image_build)
     return parser
@@ -93,11 +95,11 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
                        help="close idle DNS TCP connections after this long (default %(default)s)")
     serve.add_argument("--reload-interval", type=float, default=d.reload_interval, metavar="SECONDS",
                        help="how often the zone directory is checked for changes (default %(default)s)")
-    serve.add_argument("--workers", type=_positive_int, default=d.workers, metavar="N",
+    serve.add_argument("--workers", type=positive_int, default=d.workers, metavar="N",
                        help="processes answering DNS on the port with SO_REUSEPORT: this one and N-1 workers "
                             "that answer static zone data and relay the rest here (default %(default)s)")
     rrl = serve.add_argument_group("response rate limiting (UDP; TCP is never limited)")
-    rrl.add_argument("--rrl-rate", type=_non_negative, default=0.0, metavar="N",
+    rrl.add_argument("--rrl-rate", type=non_negative, default=0.0, metavar="N",
                      help="answers per second to one client network beyond which UDP answers are held back "
                           "(default 0: off; 20 is a common setting for a public authoritative server)")
     rrl.add_argument("--rrl-slip", type=int, default=r.slip, metavar="N",
@@ -121,18 +123,6 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     )
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return value
 
 
 def run_image_build(args: argparse.Namespace) -> int:

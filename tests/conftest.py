@@ -59,6 +59,16 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_log(self, text: str, timeout: float = 15.0) -> str:
+        """The log once it holds ``text``: some lines are written after the
+        event a test waits for (a failed boot is logged once QEMU's log is read)."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged within {timeout}s:\n{log[-3000:]}")
+            time.sleep(0.1)
+        return log
+
     def metrics(self) -> str:
         import urllib.request
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as reply:

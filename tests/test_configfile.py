@@ -127,6 +127,7 @@ def test_values_take_the_type_the_flag_stands_for(tmp_path):
     ('listen = "127.0.0.1"', "listen: '127.0.0.1': expected ADDR:PORT"),
     ('admin = "localhost:9154"', "admin: bad admin address 'localhost'"),
     ("max-vms = 0", "max-vms: must be >= 1"),
+    ("workers = 0", "workers: must be >= 1"),
     ("rrl-rate = -1", "rrl-rate: must be >= 0"),
     ('virt-type = "xen"', "virt-type: invalid choice: 'xen' (choose from 'auto', 'kvm', 'qemu')"),
 ])

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from summoner.argtypes import positive_int
 from summoner.images import STOP_MODES
 
 VIRT_TYPES = ("auto", "kvm", "qemu")
@@ -60,13 +61,6 @@ class OnDemandConfig:
     snapshot_boot: bool = True
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return value
-
-
 def _domain_prefix(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*-", text):
         raise argparse.ArgumentTypeError(f"{text!r}: letters, digits, '_', '.' and '-', ending in '-'")
@@ -96,11 +90,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                    help="IPv6 default router given to those guests (default: none, the segment only)")
     g.add_argument("--machine", default=d.machine,
                    help="QEMU machine type for images that name none (default: %(default)s)")
-    g.add_argument("--max-vms", type=_positive_int, default=d.max_vms,
+    g.add_argument("--max-vms", type=positive_int, default=d.max_vms,
                    help="most VMs running or suspended at once (default: %(default)s)")
-    g.add_argument("--memory-budget-mib", type=_positive_int, default=d.memory_budget_mib,
+    g.add_argument("--memory-budget-mib", type=positive_int, default=d.memory_budget_mib,
                    help="total guest memory allowed (default: %(default)s)")
-    g.add_argument("--max-concurrent-boots", type=_positive_int, default=d.max_concurrent_boots,
+    g.add_argument("--max-concurrent-boots", type=positive_int, default=d.max_concurrent_boots,
                    help="boots in progress at once; more wait their turn (default: %(default)s)")
     g.add_argument("--answer-ttl", type=int, default=d.answer_ttl,
                    help="TTL of on-demand A/AAAA answers unless the zone says ttl= (default: %(default)s)")
@@ -129,7 +123,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--snapshot-boot", action=argparse.BooleanOptionalAction, default=d.snapshot_boot,
                    help="cold-start images with snapshot_boot = true from the golden snapshot of their first "
                         "boot (--no-snapshot-boot: always boot)")
-    g.add_argument("--snapshot-budget-mib", type=_positive_int, default=d.snapshot_budget_mib,
+    g.add_argument("--snapshot-budget-mib", type=positive_int, default=d.snapshot_budget_mib,
                    help="disk all snapshots may take together; beyond it an idle VM is destroyed instead "
                         "(default: %(default)s)")
 

@@ -110,8 +110,8 @@ def test_silent_image_servfails_within_deadline_then_backs_off(od_server):
     while "summoner-silent.od.test" in our_domains() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert "summoner-silent.od.test" not in our_domains()  # destroyed
-    log = server.log()
-    assert "boot of image silent failed (timeout)" in log and "last probe error" in log and "QEMU log" in log
+    log = server.wait_log("boot of image silent failed (timeout)")
+    assert "last probe error" in log and "QEMU log" in log
 
 
 def test_a_deadline_shorter_than_the_domain_start_is_blamed_on_libvirt(od_server):
@@ -129,10 +129,8 @@ def test_a_deadline_shorter_than_the_domain_start_is_blamed_on_libvirt(od_server
     assert server.metric("summoner_vm_boot_phase_seconds_count", phase="guest") == 0
     # The domain that libvirt finished starting after the deadline is destroyed:
     # the failure is logged once that destroy (queued behind the start) is done.
-    deadline = time.monotonic() + 15
-    while "boot of image hello failed (timeout)" not in server.log() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert "phases: slot " in server.log() and "last probe error: None" not in server.log()
+    log = server.wait_log("boot of image hello failed (timeout)")
+    assert "phases: slot " in log and "last probe error: None" not in log
     assert "summoner-hello.od.test" not in our_domains()
 
 
@@ -259,11 +257,9 @@ def test_bad_declaration_on_reload_keeps_the_last_good_zones(od_server):
     server = od_server()
     zone = server.zones / "od.test.zone"
     zone.write_text(zone.read_text().replace('"image=tasks"', '"image=tasks" "colour=blue"'))
-    deadline = time.monotonic() + 10
-    while "zone reload rejected" not in server.log() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert "unknown key 'colour'" in server.log()
-    assert "od.test.zone:9:" in server.log()
+    log = server.wait_log("zone reload rejected", timeout=10)
+    assert "unknown key 'colour'" in log
+    assert "od.test.zone:9:" in log
     assert set(server.status()) == {"hello.od.test", "tasks.od.test", "crowd.od.test", "silent.od.test"}
 
 
