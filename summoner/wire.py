@@ -265,11 +265,12 @@ class Responder:
             answers = authority = 0
             additional = 1 if opt else 0
             body = b""
-        tail = b"".join((_COUNTS.pack(flags, 1, answers, authority, additional), data[12:question_end], body, opt))
+        response = b"".join((data[:2], _COUNTS.pack(flags, 1, answers, authority, additional),
+                             data[12:question_end], body, opt))
         if fragment.replayable:
-            self._remember(protocol, data, _Cached(tail, math.inf, qtype, rcode, None))
+            self._remember(protocol, data, _Cached(response[2:], math.inf, qtype, rcode, None))
         _STATS.record(protocol, qtype, rcode, time.perf_counter() - started)
-        return data[:2] + tail
+        return response
 
     def _remember(self, protocol: str, data: bytes, entry: _Cached) -> None:
         cache = self._caches[protocol]
